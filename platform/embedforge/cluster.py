@@ -1,0 +1,208 @@
+"""Connect to a Ray cluster, or start an isolated local one that we can stop by PID.
+
+Rules learnt the hard way (see NOTES): never ``ray.init()`` without an address in tests (it
+joins whatever cluster Ray's temp dir names), never ``ray stop`` (it kills every Ray process
+on the machine). A job joins ``RAY_ADDRESS`` when given (that is how ``ray job submit`` runs
+it), else starts a private cluster in its own temp dir that dies with the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_temp_dir(prefix: str = "ef-ray-") -> str:
+    """Ray's socket paths must stay under ~107 bytes: keep temp dirs short, under /tmp."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+@contextlib.contextmanager
+def connect(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    quiet: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Join ``address`` / ``RAY_ADDRESS`` if set, else start a private local cluster.
+
+    Yields ``{"address": ..., "started": bool}``; a cluster we started is shut down on exit,
+    one we joined is left running.
+    """
+    import ray
+    import ray.data
+
+    if ray.is_initialized():  # already connected by the caller (tests, notebooks)
+        yield {"address": ray.get_runtime_context().gcs_address, "started": False}
+        return
+    target = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "runtime_env": runtime_env}
+    tmp = None
+    if target:
+        ray.init(address=target, **kwargs)
+        started = False
+    else:
+        tmp = short_temp_dir()
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _temp_dir=tmp, **kwargs)
+        started = True
+    if quiet:
+        # our stages print their own progress lines; Ray Data's per-operator INFO logs drown them
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield {"address": ray.get_runtime_context().gcs_address, "started": started}
+    finally:
+        ray.shutdown()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class LocalCluster:
+    """A ``ray start --head`` cluster in its own temp dir and ports, stopped by PID.
+
+    Used where a real head with a dashboard is needed (``ray job submit``, Serve, Prometheus).
+    ``ray start --block`` keeps every Ray daemon in the process group we create, so stopping
+    kills exactly that group (and any straggler whose command line names our temp dir).
+    """
+
+    num_cpus: int = 2
+    dashboard: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    temp_dir: str = field(default_factory=short_temp_dir)
+    port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    metrics_export_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+        cmd = [
+            ray_bin, "start", "--head", "--block", "--disable-usage-stats",
+            f"--port={self.port}", f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}", "--node-ip-address=127.0.0.1",
+            f"--metrics-export-port={self.metrics_export_port}",
+            f"--include-dashboard={'true' if self.dashboard else 'false'}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+        ]
+        env = {**os.environ, **self.env}
+        env.pop("RAY_ADDRESS", None)
+        # jobs submitted with a bare `python` entrypoint must find this interpreter's packages
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        self._log = open(os.path.join(self.temp_dir, "ray-start.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}: {tail}")
+            if self._ready():
+                return self
+            time.sleep(0.5)
+        tail = self.log_tail()
+        self.stop()
+        raise TimeoutError(f"local Ray cluster not ready after {timeout}s: {tail}")
+
+    def _ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        if self.dashboard:
+            req = urllib.request.Request(f"{self.dashboard_url}/api/version")
+            token = self.auth_token()
+            if token:
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    return r.status == 200
+            except urllib.error.HTTPError as exc:
+                return exc.code == 401  # up, but token auth on and our token unknown
+            except OSError:
+                return False
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    @staticmethod
+    def auth_token() -> str | None:
+        """Ray >= 2.5x token auth: the token `ray start` generated (or RAY_AUTH_TOKEN)."""
+        if os.environ.get("RAY_AUTH_TOKEN"):
+            return os.environ["RAY_AUTH_TOKEN"]
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH", os.path.expanduser("~/.ray/auth_token"))
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for a client (`ray job submit`, a driver) talking to this cluster."""
+        env = {"RAY_ADDRESS": self.dashboard_url}
+        if self.auth_token():
+            env["RAY_AUTH_MODE"] = "token"
+        return env
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            with open(os.path.join(self.temp_dir, "ray-start.log"), "rb") as fh:
+                return fh.read()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM our process group, then SIGKILL what is left (by PID, never `ray stop`)."""
+        import psutil
+
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(p.info.get("cmdline") or [])
+            if self.temp_dir in cmdline and p.pid != os.getpid():
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Pure transforms of the unified multi-task framework (no Ray, no network)."""

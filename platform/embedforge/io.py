@@ -1,0 +1,462 @@
+"""Readers and writers for the files stages exchange (local paths or any fsspec URI).
+
+Reading yields :class:`Record` objects carrying file + line so a bad row can be reported
+precisely and skipped, never crash the job. Large line-oriented files are split into byte
+ranges (:func:`plan_file_units`) so one file fans out over many Ray tasks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HF_PREFIX = "hf:"
+LINE_EXTS = (".jsonl", ".ndjson", ".tsv", ".txt")
+TABLE_EXTS = (".csv", ".json", ".parquet")
+KNOWN_EXTS = LINE_EXTS + TABLE_EXTS
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+class SourceError(RuntimeError):
+    """A whole input cannot be used (missing path, unreadable file, unknown extension)."""
+
+
+@dataclass
+class Record:
+    """One raw input row, or the reason it could not be parsed."""
+
+    file: str
+    line: int
+    data: dict[str, Any] | None = None
+    error: str | None = None
+    reason: str = ""
+    raw: str = ""
+
+
+@dataclass
+class FileUnit:
+    """A piece of work: one file, or a byte range ``[start, end)`` of a line-oriented file."""
+
+    path: str
+    start: int = 0
+    end: int = -1
+    first_line: int = 1
+    header: list[str] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _fs_and_path(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, _, paths = fsspec.get_fs_token_paths(path)
+    return fs, paths[0] if paths else path
+
+
+def _unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local")) else path
+
+
+def expand_paths(path: str, exts: tuple[str, ...] = KNOWN_EXTS) -> list[str]:
+    """Files named by ``path``: a file, a directory (searched recursively), or a glob."""
+    if path.startswith(HF_PREFIX):
+        return [path]
+    fs, p = _fs_and_path(path)
+    allowed = tuple(e + c for e in exts for c in ("", *COMPRESSIONS))
+    if any(ch in path for ch in "*?["):
+        found = sorted(fs.glob(p))
+    elif fs.isdir(p):
+        found = sorted(f for f in fs.find(p) if f.lower().endswith(allowed))
+    elif fs.exists(p):
+        found = [p]
+    else:
+        raise SourceError(f"path does not exist: {path}")
+    files = [f for f in found if not fs.isdir(f)]
+    if not files:
+        raise SourceError(f"no input files found at {path} (looked for {', '.join(exts)})")
+    return [_unstrip(fs, f) for f in files]
+
+
+def base_ext(path: str) -> str:
+    """Extension without compression suffix, lower-case (``a.jsonl.gz`` -> ``.jsonl``)."""
+    name = path.lower()
+    for c in COMPRESSIONS:
+        if name.endswith(c):
+            name = name[: -len(c)]
+    return posixpath.splitext(name)[1]
+
+
+def is_compressed(path: str) -> bool:
+    return path.lower().endswith(COMPRESSIONS)
+
+
+def plan_file_units(
+    path: str, chunk_bytes: int, header: list[str] | None = None, force: bool = False
+) -> list[FileUnit]:
+    """Split an uncompressed line-oriented file into newline-aligned byte ranges.
+
+    Line numbers of each range are counted here (one linear pass) so rejected rows still
+    point at the right line of the original file.
+    """
+    line_file = force or base_ext(path) in LINE_EXTS
+    if not line_file or is_compressed(path) or path.startswith(HF_PREFIX):
+        return [FileUnit(path=path, header=header)]
+    fs, p = _fs_and_path(path)
+    size = fs.size(p)
+    if size <= chunk_bytes:
+        return [FileUnit(path=path, header=header)]
+    units: list[FileUnit] = []
+    with fs.open(p, "rb") as fh:
+        start, line = 0, 1
+        while start < size:
+            target = start + chunk_bytes
+            if target >= size:
+                units.append(FileUnit(path, start, size, line, header))
+                break
+            # count lines in [start, target) then extend to the next newline
+            fh.seek(start)
+            block = fh.read(target - start)
+            newlines = block.count(b"\n")
+            rest = fh.readline()
+            end = target + len(rest)
+            newlines += rest.count(b"\n")
+            units.append(FileUnit(path, start, end, line, header))
+            start, line = end, line + newlines
+    return units
+
+
+def _iter_lines(unit: FileUnit) -> Iterator[tuple[int, bytes]]:
+    fs, p = _fs_and_path(unit.path)
+    if unit.start == 0 and unit.end < 0:
+        with fs.open(p, "rb", compression="infer") as fh:
+            for i, raw in enumerate(fh, start=unit.first_line):
+                yield i, raw
+        return
+    with fs.open(p, "rb") as fh:
+        fh.seek(unit.start)
+        pos, line = unit.start, unit.first_line
+        while pos < unit.end:
+            raw = fh.readline()
+            if not raw:
+                break
+            pos += len(raw)
+            yield line, raw
+            line += 1
+
+
+def _decode(raw: bytes, first: bool) -> str:
+    text = raw.decode("utf-8")
+    if first:
+        text = text.lstrip("\ufeff")
+    return text.rstrip("\r\n")
+
+
+def first_line(path: str) -> str:
+    """The first line of a text file (BOM and newline removed; '' for an empty file)."""
+    for _, raw in _iter_lines(FileUnit(path)):
+        return _decode(raw, True)
+    return ""
+
+
+def read_header(path: str, delimiter: str = "\t") -> list[str]:
+    """First line of a delimited text file, split into field names."""
+    for _, raw in _iter_lines(FileUnit(path)):
+        return [h.strip() for h in _decode(raw, True).split(delimiter)]
+    return []
+
+
+def iter_records(
+    unit: FileUnit,
+    *,
+    delimiter: str | None = None,
+    columns: list[str] | None = None,
+    has_header: bool = False,
+    limit: int | None = None,
+    line_based: bool = False,
+) -> Iterator[Record]:
+    """Parse one unit into records. Never raises for bad rows; raises SourceError for a bad file.
+
+    ``line_based`` reads a delimited file one physical line per row with no quoting (TSV
+    conventions, also for tab-separated files named ``.csv``).
+    """
+    ext = base_ext(unit.path)
+    if line_based and ext in (".csv", ".tsv", ".txt"):
+        ext = ".tsv"
+    if unit.path.startswith(HF_PREFIX):
+        yield from _iter_hf(unit.path, limit)
+        return
+    try:
+        if ext in (".jsonl", ".ndjson"):
+            yield from _iter_jsonl(unit, limit)
+        elif ext in (".tsv", ".txt"):
+            yield from _iter_delimited_lines(
+                unit, delimiter or "\t", columns, has_header, limit
+            )
+        elif ext == ".csv":
+            yield from _iter_csv(unit.path, delimiter or ",", columns, has_header, limit)
+        elif ext == ".json":
+            yield from _iter_json(unit.path, limit)
+        elif ext == ".parquet":
+            yield from _iter_parquet(unit.path, limit)
+        else:
+            raise SourceError(f"{unit.path}: unsupported file type {ext!r}")
+    except (OSError, EOFError) as exc:
+        raise SourceError(f"{unit.path}: unreadable file: {exc}") from exc
+
+
+def _iter_jsonl(unit: FileUnit, limit: int | None) -> Iterator[Record]:
+    n = 0
+    for line, raw in _iter_lines(unit):
+        if limit is not None and n >= limit:
+            return
+        try:
+            text = _decode(raw, line == 1)
+        except UnicodeDecodeError as exc:
+            yield Record(unit.path, line, error=f"not valid UTF-8: {exc}", reason="bad_encoding",
+                         raw=repr(raw[:200]))
+            n += 1
+            continue
+        if not text.strip():
+            continue
+        n += 1
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield Record(unit.path, line, error=f"invalid JSON: {exc.msg} at column {exc.colno}",
+                         reason="invalid_json", raw=text[:500])
+            continue
+        if not isinstance(obj, dict):
+            yield Record(unit.path, line, error=f"JSON line is a {type(obj).__name__}, not an object",
+                         reason="wrong_type", raw=text[:500])
+            continue
+        yield Record(unit.path, line, data=obj)
+
+
+def _iter_delimited_lines(
+    unit: FileUnit, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
+) -> Iterator[Record]:
+    names = columns or unit.header
+    n = 0
+    for line, raw in _iter_lines(unit):
+        if has_header and line == 1:
+            continue
+        if limit is not None and n >= limit:
+            return
+        try:
+            text = _decode(raw, line == 1)
+        except UnicodeDecodeError as exc:
+            n += 1
+            yield Record(unit.path, line, error=f"not valid UTF-8: {exc}", reason="bad_encoding",
+                         raw=repr(raw[:200]))
+            continue
+        if not text.strip():
+            continue
+        n += 1
+        fields = text.split(delimiter)
+        if names is None:
+            data = {str(i): v for i, v in enumerate(fields)}
+        elif len(fields) < len(names):
+            yield Record(unit.path, line, reason="missing_field", raw=text[:500],
+                         error=f"expected {len(names)} {delimiter!r}-separated fields "
+                               f"({', '.join(names)}), found {len(fields)}")
+            continue
+        else:
+            data = dict(zip(names, fields, strict=False))
+        yield Record(unit.path, line, data=data)
+
+
+def _iter_csv(
+    path: str, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
+) -> Iterator[Record]:
+    fs, p = _fs_and_path(path)
+    with fs.open(p, "rb", compression="infer") as fh:
+        try:
+            text = fh.read().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{path}: not valid UTF-8 ({exc})") from exc
+    reader = csv.reader(_io.StringIO(text, newline=""), delimiter=delimiter)
+    names = columns
+    first = True
+    n = 0
+    for row in reader:
+        line = reader.line_num
+        if first:
+            first = False
+            if has_header:
+                if names is None:
+                    names = [c.strip() for c in row]
+                continue
+        if names is None:
+            names = [str(i) for i in range(len(row))]
+        if not any(c.strip() for c in row):
+            continue
+        if limit is not None and n >= limit:
+            return
+        n += 1
+        if len(row) < len(names):
+            yield Record(path, line, reason="missing_field", raw=delimiter.join(row)[:500],
+                         error=f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}")
+            continue
+        yield Record(path, line, data=dict(zip(names, row, strict=False)))
+
+
+def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
+    fs, p = _fs_and_path(path)
+    with fs.open(p, "rb", compression="infer") as fh:
+        try:
+            obj = json.loads(fh.read().decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SourceError(f"{path}: not a valid JSON file ({exc})") from exc
+    if isinstance(obj, dict):
+        for key in ("data", "rows", "examples", "items"):
+            if isinstance(obj.get(key), list):
+                obj = obj[key]
+                break
+    if not isinstance(obj, list):
+        raise SourceError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
+    for i, item in enumerate(obj[:limit] if limit else obj, start=1):
+        if isinstance(item, dict):
+            yield Record(path, i, data=item)
+        else:
+            yield Record(path, i, error=f"item {i} is a {type(item).__name__}, not an object",
+                         reason="wrong_type", raw=json.dumps(item, ensure_ascii=False)[:500])
+
+
+def _iter_parquet(path: str, limit: int | None) -> Iterator[Record]:
+    fs, p = _fs_and_path(path)
+    try:
+        pf = pq.ParquetFile(fs.open(p, "rb"))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{path}: not a readable Parquet file ({exc})") from exc
+    i = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            i += 1
+            if limit is not None and i > limit:
+                return
+            yield Record(path, i, data=row)
+
+
+def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``hf:ORG/NAME[:split]`` or ``hf:ORG/NAME/CONFIG[:split]`` -> (name, config, split)."""
+    body = uri[len(HF_PREFIX):]
+    split = None
+    if ":" in body:
+        body, split = body.rsplit(":", 1)
+    parts = body.split("/")
+    config = None
+    if len(parts) == 3 and not os.path.exists(body):
+        body, config = "/".join(parts[:2]), parts[2]
+    return body, config, split or None
+
+
+def _iter_hf(uri: str, limit: int | None) -> Iterator[Record]:
+    """Rows of a Hugging Face dataset (hub id or local dataset folder) via ``datasets``."""
+    import datasets
+
+    name, config, split = parse_hf_uri(uri)
+    try:
+        ds = datasets.load_dataset(name, config, split=split or "train")
+    except Exception as exc:  # hub unreachable, unknown name, bad split: all a SourceError
+        raise SourceError(f"{uri}: cannot load Hugging Face dataset ({type(exc).__name__}: {exc})") from exc
+    for i, row in enumerate(ds, start=1):
+        if limit is not None and i > limit:
+            return
+        yield Record(uri, i, data=dict(row))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URIs alike."""
+    if "://" in base:
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(base, *parts)
+
+
+def makedirs(path: str) -> None:
+    fs, p = _fs_and_path(path)
+    fs.makedirs(p, exist_ok=True)
+
+
+def exists(path: str) -> bool:
+    fs, p = _fs_and_path(path)
+    return fs.exists(p)
+
+
+def _atomic_target(path: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    fs, p = _fs_and_path(path)
+    tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+    return fs, p, tmp
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    """Write then rename, so a killed job never leaves a half file that looks finished."""
+    fs, p, tmp = _atomic_target(path)
+    fs.makedirs(posixpath.dirname(p), exist_ok=True)
+    with fs.open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    fs.mv(tmp, p)
+
+
+def write_jsonl_atomic(rows: Iterable[dict[str, Any]], path: str) -> int:
+    fs, p, tmp = _atomic_target(path)
+    fs.makedirs(posixpath.dirname(p), exist_ok=True)
+    n = 0
+    with fs.open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    fs.mv(tmp, p)
+    return n
+
+
+def write_json(obj: Any, path: str) -> None:
+    fs, p, tmp = _atomic_target(path)
+    fs.makedirs(posixpath.dirname(p), exist_ok=True)
+    with fs.open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, ensure_ascii=False, indent=2, sort_keys=False)
+        fh.write("\n")
+    fs.mv(tmp, p)
+
+
+def read_json(path: str) -> Any:
+    fs, p = _fs_and_path(path)
+    with fs.open(p, "r", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    fs, p = _fs_and_path(path)
+    with fs.open(p, "r", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def list_files(path: str, suffix: str) -> list[str]:
+    fs, p = _fs_and_path(path)
+    if not fs.exists(p):
+        return []
+    return sorted(_unstrip(fs, f) for f in fs.find(p) if f.endswith(suffix))
+
+
+def read_samples(path: str) -> pa.Table:
+    """Read a stage's unified samples (``DIR/samples/*.parquet`` or a Parquet file/dir)."""
+    from .schema import ARROW_SCHEMA
+
+    candidates = [join(path, "samples"), path]
+    for cand in candidates:
+        files = list_files(cand, ".parquet") if not cand.endswith(".parquet") else [cand]
+        if files:
+            fs, _ = _fs_and_path(files[0])
+            tables = [pq.read_table(_fs_and_path(f)[1], filesystem=fs) for f in files]
+            return pa.concat_tables([t.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA) for t in tables])
+    raise SourceError(f"no unified samples (Parquet) found under {path}")

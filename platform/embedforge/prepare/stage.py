@@ -1,0 +1,227 @@
+"""The prepare stage on Ray Data: plan units on the driver, transform them on the cluster."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from .. import io as eio
+from ..cluster import connect
+from .config import PrepareConfig
+from .units import REJECTED_DIR, SAMPLES_DIR, UNITS_DIR, plan_source, process_unit
+
+
+def _process_row(row: dict[str, Any], out_dir: str, flush_rows: int) -> dict[str, Any]:
+    stats = process_unit(json.loads(row["task"]), out_dir, flush_rows)
+    return {"stats": json.dumps(stats)}
+
+
+def _finished(out_dir: str) -> dict[str, dict[str, Any]]:
+    done = {}
+    for path in eio.list_files(eio.join(out_dir, UNITS_DIR), ".json"):
+        try:
+            stats = eio.read_json(path)
+        except (OSError, ValueError):
+            continue
+        done[stats["unit_id"]] = stats
+    return done
+
+
+def _remove_stale(out_dir: str, keep: set[str]) -> int:
+    """Drop outputs of units that are no longer in the plan (inputs or config changed)."""
+    import fsspec
+
+    removed = 0
+    for sub, suffix in ((SAMPLES_DIR, ".parquet"), (REJECTED_DIR, ".jsonl"), (UNITS_DIR, ".json")):
+        for path in eio.list_files(eio.join(out_dir, sub), suffix):
+            name = path.rsplit("/", 1)[-1]
+            uid = name.removeprefix("part-").removesuffix(suffix)
+            if sub == SAMPLES_DIR:
+                uid = uid.rsplit("-", 1)[0]
+            if uid not in keep:
+                fs, p = fsspec.core.url_to_fs(path)
+                fs.rm(p)
+                removed += 1
+    return removed
+
+
+def drop_cross_unit_duplicates(out_dir: str, unit_order: list[str]) -> dict[str, dict[str, int]]:
+    """Keep the first occurrence of each sample id across units (units dedup internally).
+
+    Reads only the ``id``/``dataset``/``kind`` columns; rewrites just the parts that hold a
+    later duplicate. Idempotent, so a resumed run can run it again.
+    Returns ``{dataset: {kind: dropped}}``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = eio.list_files(eio.join(out_dir, SAMPLES_DIR), ".parquet")
+    rank = {u: i for i, u in enumerate(unit_order)}
+
+    def key(path: str) -> tuple[int, str]:
+        uid = path.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)[0]
+        return rank.get(uid, len(rank)), path
+
+    seen: set[str] = set()
+    dropped: dict[str, Counter[str]] = defaultdict(Counter)
+    for path in sorted(files, key=key):
+        fs, p = eio._fs_and_path(path)
+        cols = pq.read_table(p, columns=["id", "dataset", "kind"], filesystem=fs).to_pylist()
+        keep = []
+        for row in cols:
+            dup = row["id"] in seen
+            keep.append(not dup)
+            if dup:
+                dropped[row["dataset"]][row["kind"]] += 1
+            seen.add(row["id"])
+        if not all(keep):
+            table = pq.read_table(p, filesystem=fs)
+            eio.write_parquet_atomic(table.filter(pa.array(keep)), path)
+    return {d: dict(c) for d, c in dropped.items()}
+
+
+def aggregate(unit_stats: list[dict[str, Any]], plan_errors: dict[str, str],
+              datasets: list[str],
+              cross_duplicates: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """Totals per dataset/kind, rejections by reason, and the sources that were unusable."""
+    per_dataset: dict[str, dict[str, Any]] = {
+        d: {"rows_in": 0, "samples": 0, "by_kind": Counter(), "rejected": Counter(), "units": 0,
+            "duplicates_dropped": 0}
+        for d in datasets
+    }
+    by_kind: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    nodes: set[str] = set()
+    for s in unit_stats:
+        d = per_dataset[s["dataset"]]
+        d["rows_in"] += s["rows_in"]
+        d["samples"] += s["samples"]
+        d["by_kind"].update(s["samples_by_kind"])
+        d["rejected"].update(s["rejected"])
+        d["units"] += 1
+        d["duplicates_dropped"] += s.get("duplicates_dropped", 0)
+        by_kind.update(s["samples_by_kind"])
+        rejected.update(s["rejected"])
+        if s.get("node_id"):
+            nodes.add(s["node_id"])
+    for name, kinds in (cross_duplicates or {}).items():
+        d = per_dataset[name]
+        for kind, n in kinds.items():
+            d["samples"] -= n
+            d["by_kind"][kind] -= n
+            by_kind[kind] -= n
+            d["duplicates_dropped"] += n
+    unusable = dict(plan_errors)
+    for name, d in per_dataset.items():
+        if name in unusable:
+            continue
+        fatal = [s["fatal"] for s in unit_stats if s["dataset"] == name and s.get("fatal")]
+        if d["samples"] == 0:
+            why = fatal[0] if fatal else (
+                f"all {d['rows_in']} rows rejected ({dict(d['rejected'])})" if d["rows_in"]
+                else "no rows read")
+            unusable[name] = why
+    for name, why in plan_errors.items():
+        per_dataset[name]["rejected"]["unusable_source"] += 1
+        rejected["unusable_source"] += 1
+        per_dataset[name]["error"] = why
+    return {
+        "total_samples": sum(d["samples"] for d in per_dataset.values()),
+        "samples_by_kind": dict(by_kind),
+        "rejected_by_reason": dict(rejected),
+        "duplicates_dropped": sum(d["duplicates_dropped"] for d in per_dataset.values()),
+        "datasets": {
+            n: {**d, "by_kind": dict(d["by_kind"]), "rejected": dict(d["rejected"])}
+            for n, d in per_dataset.items()
+        },
+        "unusable_sources": unusable,
+        "nodes": sorted(nodes),
+    }
+
+
+def run_prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
+    """Run the stage; returns the stats also written to ``OUTPUT/stats.json``."""
+    import ray
+
+    t0 = time.time()
+    if not cfg.sources:
+        from ..config import ConfigError
+
+        raise ConfigError("no sources: add --source NAME=FORMAT:PATH (or `sources:` in --config)")
+    eio.makedirs(cfg.output)
+    chunk = int(cfg.chunk_mb * 1024 * 1024)
+    tasks: list[dict[str, Any]] = []
+    plan_errors: dict[str, str] = {}
+    for spec in cfg.sources:
+        try:
+            units = plan_source(spec, cfg.instructions, chunk)
+        except (eio.SourceError, ValueError) as exc:
+            plan_errors[spec.name] = str(exc)
+            log(f"[prepare] source {spec.name!r} unusable: {exc}")
+            continue
+        log(f"[prepare] source {spec.name!r} ({spec.format}): {len(units)} unit(s)")
+        tasks.extend(units)
+
+    done = _finished(cfg.output) if cfg.resume else {}
+    keep = {t["unit_id"] for t in tasks}
+    stale = _remove_stale(cfg.output, keep)
+    if stale:
+        log(f"[prepare] removed {stale} output file(s) of units no longer in the plan")
+    todo = [t for t in tasks if t["unit_id"] not in done]
+    reused = [done[t["unit_id"]] for t in tasks if t["unit_id"] in done]
+    log(f"[prepare] {len(tasks)} unit(s): {len(reused)} already done, {len(todo)} to run")
+
+    new_stats: list[dict[str, Any]] = []
+    with connect(cfg.ray_address, cfg.num_cpus) as info:
+        if todo:
+            ds = ray.data.from_items(
+                [{"task": json.dumps(t)} for t in todo], override_num_blocks=len(todo)
+            )
+            ds = ds.map(_process_row, fn_kwargs={"out_dir": cfg.output, "flush_rows": cfg.flush_rows},
+                        num_cpus=cfg.num_cpus_per_task)
+            for i, row in enumerate(ds.iter_rows(), start=1):
+                unit = json.loads(row["stats"])
+                new_stats.append(unit)
+                log(f"[prepare] {i}/{len(todo)} units done ({unit['dataset']}: "
+                    f"{unit['samples']} samples, {sum(unit['rejected'].values())} rejected)")
+        cluster_address = info["address"]
+
+    all_stats = reused + new_stats
+    cross = drop_cross_unit_duplicates(cfg.output, [t["unit_id"] for t in tasks])
+    stats = aggregate(all_stats, plan_errors, [s.name for s in cfg.sources], cross)
+    stats.update({
+        "output": cfg.output,
+        "units": len(tasks),
+        "units_reused": len(reused),
+        "seconds": round(time.time() - t0, 2),
+        "ray_address": cluster_address,
+    })
+    eio.write_json(stats, eio.join(cfg.output, "stats.json"))
+    eio.write_json({"stage": "prepare", "config": cfg.model_dump(mode="json"), "stats": stats},
+                   eio.join(cfg.output, "summary.json"))
+    return stats
+
+
+def format_report(stats: dict[str, Any]) -> str:
+    """A table a human can read at the end of the job."""
+    lines = [f"{'dataset':<20} {'rows in':>9} {'samples':>9} {'rejected':>9}  kinds"]
+    for name, d in stats["datasets"].items():
+        rej = sum(d["rejected"].values())
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(d["by_kind"].items()))
+        lines.append(f"{name:<20} {d['rows_in']:>9} {d['samples']:>9} {rej:>9}  {kinds}")
+    lines.append(f"total samples: {stats['total_samples']}  rejected by reason: "
+                 f"{stats['rejected_by_reason'] or 'none'}")
+    for name, why in stats["unusable_sources"].items():
+        lines.append(f"UNUSABLE source {name!r}: {why}")
+    return "\n".join(lines)
+
+
+def samples_by_dataset(out_dir: str) -> dict[str, int]:
+    """Row counts per dataset of a prepared folder (used by tests and the report)."""
+    table = eio.read_samples(out_dir)
+    counts: dict[str, int] = defaultdict(int)
+    for name in table.column("dataset").to_pylist():
+        counts[name] += 1
+    return dict(counts)

@@ -1,0 +1,271 @@
+"""Plan a source into units of work and turn one unit into unified samples (no Ray here).
+
+A unit writes its own Parquet part(s), rejected rows and a small ``_units/<id>.json`` marker
+last, so a killed job keeps every finished unit and a re-run skips them (``resume``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import __version__
+from .. import io as eio
+from ..data.formats import get_format, looks_like_header
+from ..data.instructions import resolve_instruction
+from ..data.retrieval import beir_doc_text, from_beir_qrel
+from ..data.spec import SourceSpec
+from ..schema import rows_to_table
+
+SAMPLES_DIR = "samples"
+REJECTED_DIR = "rejected"
+UNITS_DIR = "_units"
+MAX_RAW_CHARS = 500
+
+
+def _unit_id(spec: SourceSpec, unit: eio.FileUnit, instruction: str) -> str:
+    fp = json.dumps([spec.model_dump(mode="json"), asdict(unit), instruction, __version__],
+                    sort_keys=True, ensure_ascii=False)
+    return f"{spec.name}-{hashlib.sha1(fp.encode()).hexdigest()[:16]}"
+
+
+def resolve_labels(spec: SourceSpec) -> SourceSpec:
+    """``labels`` may name a JSON file holding the label list (e.g. Banking77 categories.json)."""
+    if spec.labels and len(spec.labels) == 1 and spec.labels[0].endswith(".json"):
+        try:
+            labels = eio.read_json(spec.labels[0])
+        except (OSError, ValueError) as exc:
+            raise eio.SourceError(f"source {spec.name!r}: cannot read labels file {spec.labels[0]}: {exc}") from exc
+        if not isinstance(labels, list):
+            raise eio.SourceError(f"source {spec.name!r}: labels file {spec.labels[0]} must hold a JSON list")
+        return spec.model_copy(update={"labels": [str(x) for x in labels]})
+    return spec
+
+
+def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -> list[dict[str, Any]]:
+    """Units of work for one source; raises SourceError when the source cannot be used at all."""
+    spec = resolve_labels(spec)
+    instruction = resolve_instruction(spec.name, spec.format, spec.instruction, overrides)
+    if spec.format == "beir":
+        unit = eio.FileUnit(path=spec.path, extras={"split": _beir_split(spec)})
+        return [_unit_dict(spec, unit, instruction, has_header=True, kind="beir")]
+    fmt = get_format(spec.format)
+    units: list[dict[str, Any]] = []
+    for path in eio.expand_paths(spec.path):
+        ext = eio.base_ext(path)
+        has_header = False
+        header: list[str] | None = None
+        delim: str | None = None
+        if ext in (".tsv", ".txt", ".csv") and not path.startswith(eio.HF_PREFIX):
+            try:
+                line1 = eio.first_line(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise eio.SourceError(f"{path}: unreadable file: {exc}") from exc
+            # many ".csv" files in the wild are tab-separated (STS-B): sniff line 1
+            delim = spec.delimiter or ("\t" if ext != ".csv" or "\t" in line1 else ",")
+            first = [f.strip() for f in line1.split(delim)]
+            has_header = spec.header if spec.header is not None else looks_like_header(first, fmt, spec)
+            if has_header:
+                header = spec.columns or first
+            elif spec.columns is None:
+                lo = len(fmt.positional) - fmt.optional_positional
+                if not lo <= len(first) <= len(fmt.positional):
+                    raise eio.SourceError(
+                        f"{path}: line 1 has {len(first)} {delim!r}-separated fields and no "
+                        f"header; name them with --option {spec.name}.columns=a,b,c "
+                        f"(roles for {spec.format}: {', '.join(fmt.positional)})")
+                header = list(fmt.positional[: len(first)])
+            else:
+                header = spec.columns
+        line_based = delim == "\t" or ext in (".tsv", ".txt")
+        if path.startswith(eio.HF_PREFIX) or (ext == ".csv" and not line_based):
+            pieces = [eio.FileUnit(path=path, header=header)]
+        else:
+            pieces = eio.plan_file_units(path, chunk_bytes, header, force=line_based)
+        for u in pieces:
+            u.extras = {"delimiter": delim, "line_based": line_based}
+        units.extend(_unit_dict(spec, u, instruction, has_header=has_header) for u in pieces)
+    return units
+
+
+def _unit_dict(spec: SourceSpec, unit: eio.FileUnit, instruction: str, *, has_header: bool,
+               kind: str = "file") -> dict[str, Any]:
+    return {
+        "unit_id": _unit_id(spec, unit, instruction),
+        "kind": kind,
+        "spec": spec.model_dump(mode="json"),
+        "unit": asdict(unit),
+        "instruction": instruction,
+        "has_header": has_header,
+    }
+
+
+def _beir_split(spec: SourceSpec) -> str:
+    qrels_dir = eio.join(spec.path, "qrels")
+    if not eio.exists(eio.join(spec.path, "corpus.jsonl")) and not eio.exists(eio.join(spec.path, "corpus.jsonl.gz")):
+        raise eio.SourceError(f"{spec.path}: not a BEIR folder (no corpus.jsonl)")
+    available = sorted(posixpath.basename(p)[:-4] for p in eio.list_files(qrels_dir, ".tsv"))
+    if spec.split:
+        if spec.split not in available:
+            raise eio.SourceError(f"{spec.path}: no qrels/{spec.split}.tsv (available: {', '.join(available) or 'none'})")
+        return spec.split
+    if "train" in available:
+        return "train"
+    if len(available) == 1:
+        return available[0]
+    raise eio.SourceError(f"{spec.path}: choose a qrels split with {spec.name}=beir:PATH:SPLIT "
+                          f"(available: {', '.join(available) or 'none'})")
+
+
+class _Writer:
+    """Collects rows of one unit and flushes them to Parquet parts of bounded size."""
+
+    def __init__(self, out_dir: str, unit_id: str, flush_rows: int):
+        self.out_dir, self.unit_id, self.flush_rows = out_dir, unit_id, flush_rows
+        self.rows: list[dict[str, Any]] = []
+        self.parts = 0
+        self.total = 0
+        self.seen: set[str] = set()
+        self.duplicates = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row["id"] in self.seen:  # exact duplicate sample (same dataset + content)
+            self.duplicates += 1
+            return
+        self.seen.add(row["id"])
+        self.rows.append(row)
+        if len(self.rows) >= self.flush_rows:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        if not self.rows and not (final and self.parts == 0):
+            return
+        path = eio.join(self.out_dir, SAMPLES_DIR, f"part-{self.unit_id}-{self.parts:04d}.parquet")
+        eio.write_parquet_atomic(rows_to_table(self.rows), path)
+        self.total += len(self.rows)
+        self.parts += 1
+        self.rows = []
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]
+
+
+def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) -> dict[str, Any]:
+    """Read one unit, write samples + rejected rows + its marker; return its stats."""
+    from ..data.fields import RowError
+
+    spec = SourceSpec.model_validate(task["spec"])
+    unit = eio.FileUnit(**task["unit"])
+    uid = task["unit_id"]
+    writer = _Writer(out_dir, uid, flush_rows)
+    rejected: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    rows_in = 0
+    by_kind: Counter[str] = Counter()
+    fatal: str | None = None
+
+    def reject(file: str, line: int, reason: str, message: str, raw: Any) -> None:
+        reasons[reason] += 1
+        if not isinstance(raw, str):
+            raw = json.dumps(raw, ensure_ascii=False, default=str)
+        rejected.append({"dataset": spec.name, "file": file, "line": line, "reason": reason,
+                         "message": message, "raw": raw[:MAX_RAW_CHARS]})
+
+    def emit(samples: list[Any], file: str, line: int) -> None:
+        for s in samples:
+            s.meta.setdefault("file", file)
+            s.meta.setdefault("line", line)
+            before = writer.duplicates
+            writer.add(s.to_row())
+            if writer.duplicates == before:
+                by_kind[s.kind] += 1
+
+    try:
+        if task["kind"] == "beir":
+            records, lookup = _beir_records(spec, unit)
+            queries, corpus = lookup
+            split = unit.extras["split"]
+            transform = lambda d: from_beir_qrel(d, queries, corpus, spec.name, task["instruction"], split)  # noqa: E731
+        else:
+            fmt = get_format(spec.format)
+            assert fmt.transform is not None
+            records = eio.iter_records(unit, delimiter=unit.extras.get("delimiter"),
+                                       columns=unit.header, has_header=task["has_header"],
+                                       limit=spec.limit,
+                                       line_based=unit.extras.get("line_based", False))
+            transform = lambda d: fmt.transform(d, spec, task["instruction"])  # noqa: E731
+        for rec in records:
+            rows_in += 1
+            if rec.error is not None:
+                reject(rec.file, rec.line, rec.reason or "unreadable_row", rec.error, rec.raw)
+                continue
+            assert rec.data is not None
+            try:
+                emit(transform(rec.data), rec.file, rec.line)
+            except RowError as exc:
+                reject(rec.file, rec.line, exc.reason, exc.message, rec.data)
+            except ValidationError as exc:
+                reject(rec.file, rec.line, "invalid_sample", _first_error(exc), rec.data)
+    except eio.SourceError as exc:
+        fatal = str(exc)
+        reasons["unreadable_file"] += 1
+        rejected.append({"dataset": spec.name, "file": unit.path, "line": 0,
+                         "reason": "unreadable_file", "message": fatal, "raw": ""})
+    writer.flush(final=True)
+    if rejected:
+        eio.write_jsonl_atomic(rejected, eio.join(out_dir, REJECTED_DIR, f"{uid}.jsonl"))
+    stats = {
+        "unit_id": uid,
+        "dataset": spec.name,
+        "format": spec.format,
+        "path": unit.path,
+        "rows_in": rows_in,
+        "samples": writer.total,
+        "samples_by_kind": dict(by_kind),
+        "rejected": dict(reasons),
+        "duplicates_dropped": writer.duplicates,
+        "fatal": fatal,
+        "parts": writer.parts,
+    }
+    try:
+        import ray
+
+        if ray.is_initialized():
+            stats["node_id"] = ray.get_runtime_context().get_node_id()
+    except ImportError:  # pragma: no cover - ray is a hard dependency
+        pass
+    eio.write_json(stats, eio.join(out_dir, UNITS_DIR, f"{uid}.json"))
+    return stats
+
+
+def _beir_records(spec: SourceSpec, unit: eio.FileUnit):
+    """qrels records plus the query/doc texts they need (corpus streamed, only needed docs kept)."""
+    split = unit.extras["split"]
+    qrels_path = eio.join(spec.path, "qrels", f"{split}.tsv")
+    qrels = list(eio.iter_records(eio.FileUnit(qrels_path, header=eio.read_header(qrels_path)),
+                                  delimiter="\t", has_header=True, limit=spec.limit))
+    need_q = {str(r.data.get("query-id", "")).strip() for r in qrels if r.data}
+    need_d = {str(r.data.get("corpus-id", "")).strip() for r in qrels if r.data}
+    queries: dict[str, str] = {}
+    corpus: dict[str, str] = {}
+    for name, target, need, text_of in (
+        ("queries", queries, need_q, lambda d: str(d.get("text") or "")),
+        ("corpus", corpus, need_d, beir_doc_text),
+    ):
+        files = [p for p in eio.expand_paths(eio.join(spec.path, f"{name}.jsonl*"))]
+        for rec in eio.iter_records(eio.FileUnit(files[0])):
+            if rec.data is None:
+                continue
+            key = str(rec.data.get("_id", ""))
+            if key in need:
+                target[key] = text_of(rec.data)
+    return qrels, (queries, corpus)

@@ -1,0 +1,75 @@
+"""The prepare stage's unit logic without Ray: planning, bad rows, markers."""
+
+import json
+
+import pytest
+
+from embedforge import io as eio
+from embedforge.data.spec import SourceSpec, parse_source_arg
+from embedforge.prepare.units import plan_source, process_unit
+
+
+def _run(spec: SourceSpec, out: str, chunk: int = 1 << 20):
+    stats = [process_unit(t, out) for t in plan_source(spec, {}, chunk)]
+    table = eio.read_samples(out) if any(s["samples"] for s in stats) else None
+    rejected = [r for f in eio.list_files(f"{out}/rejected", ".jsonl") for r in eio.read_jsonl(f)]
+    return stats, table, sorted(rejected, key=lambda r: r["line"])
+
+
+def test_broken_jsonl_rows_are_reported_with_line_and_reason(fixtures_dir, tmp_path):
+    spec = SourceSpec(name="arts", format="title_body", path=str(fixtures_dir / "broken_articles.jsonl"))
+    stats, table, rejected = _run(spec, str(tmp_path))
+    assert [(r["line"], r["reason"]) for r in rejected] == [
+        (2, "invalid_json"), (3, "missing_field"), (4, "empty_text"), (5, "wrong_type"),
+        (6, "wrong_type"),
+    ]
+    assert all(r["file"].endswith("broken_articles.jsonl") and r["message"] for r in rejected)
+    assert table.column("query").to_pylist() == ["A good first row", "Mapped column", "A good last row"]
+    meta = [json.loads(m) for m in table.column("meta").to_pylist()]
+    assert [m["line"] for m in meta] == [1, 8, 9]
+    assert stats[0]["rows_in"] == 8 and stats[0]["samples"] == 3
+
+
+def test_broken_sts_nli_and_classification(fixtures_dir, tmp_path):
+    _, table, rej = _run(SourceSpec(name="s", format="sts", path=str(fixtures_dir / "broken_sts.tsv")),
+                         str(tmp_path / "s"))
+    assert [(r["line"], r["reason"]) for r in rej] == [
+        (3, "missing_field"), (4, "bad_score"), (5, "bad_score"), (6, "empty_text")]
+    assert table.num_rows == 4  # 2 good rows, each also swapped
+
+    _, table, rej = _run(SourceSpec(name="n", format="nli", path=str(fixtures_dir / "broken_nli.tsv")),
+                         str(tmp_path / "n"))
+    assert [(r["line"], r["reason"]) for r in rej] == [(4, "unknown_label")]
+    # identical premise/hypothesis is not emitted twice
+    assert sorted(table.column("score").to_pylist()) == [0.0, 0.0, 1.0, 2.0, 2.0]
+
+    spec = SourceSpec(name="c", format="classification", path=str(fixtures_dir / "broken_intents.csv"),
+                      labels=[str(fixtures_dir / "intent_labels.json")])
+    _, table, rej = _run(spec, str(tmp_path / "c"))
+    assert [(r["line"], r["reason"]) for r in rej] == [(4, "unknown_label"), (5, "empty_text")]
+    assert table.column("query").to_pylist() == ["where is my card", "hello, I lost my card"]
+
+
+def test_headerless_file_with_wrong_field_count_names_the_fix(shared_data):
+    spec = parse_source_arg(f"stsb=sts:{shared_data}/stsb/sts-test.csv")
+    with pytest.raises(eio.SourceError, match=r"--option stsb.columns="):
+        plan_source(spec, {}, 1 << 20)
+
+
+def test_unreadable_file_is_a_fatal_unit_not_a_crash(fixtures_dir, tmp_path):
+    spec = SourceSpec(name="g", format="title_body", path=str(fixtures_dir / "garbage.jsonl"))
+    stats, table, rejected = _run(spec, str(tmp_path))
+    assert stats[0]["samples"] == 0 and table is None
+    assert rejected and {r["reason"] for r in rejected} <= {"bad_encoding", "invalid_json", "wrong_type"}
+
+
+def test_unit_marker_written_last_and_ids_stable(fixtures_dir, tmp_path):
+    spec = SourceSpec(name="arts", format="title_body", path=str(fixtures_dir / "broken_articles.jsonl"))
+    [task] = plan_source(spec, {}, 1 << 20)
+    [again] = plan_source(spec, {}, 1 << 20)
+    assert task["unit_id"] == again["unit_id"]
+    changed = plan_source(spec.model_copy(update={"instruction": "other"}), {}, 1 << 20)[0]
+    assert changed["unit_id"] != task["unit_id"]
+    process_unit(task, str(tmp_path))
+    marker = eio.read_json(str(tmp_path / "_units" / f"{task['unit_id']}.json"))
+    assert marker["samples"] == 3 and marker["rejected"]["invalid_json"] == 1
