@@ -1,7 +1,8 @@
 """The demo: the pipeline end to end on the bundled sample data (`make demo`).
 
-Stages so far: prepare. Each later stage appends itself here, reading the previous
-stage's folder, so the demo always shows every stage running for real.
+Stages so far: prepare -> synthesize (embedded local LLM). Each later stage appends itself
+here, reading the previous stage's folder, so the demo always shows every stage running for
+real.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from embedforge import io as eio
 from embedforge.config import parse_config, run_cli
 from embedforge.prepare import PrepareConfig, run_prepare
 from embedforge.prepare.stage import format_report
+from embedforge.synth.config import SynthConfig
+from embedforge.synth.stage import format_report as synth_report
+from embedforge.synth.stage import run_synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--output", default="runs/demo", help="run folder (default: runs/demo)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
+    ap.add_argument("--synth-samples", type=int, default=4,
+                    help="article samples the embedded LLM synthesises from (CPU decoding is slow)")
     args = ap.parse_args(argv)
     out = args.output
 
-    print("== stage 1/1: prepare (raw sample files -> unified samples)")
+    print("== stage 1/2: prepare (raw sample files -> unified samples)")
     prep_argv = ["--config", str(ROOT / "jobs/configs/prepare-sample.yaml"),
                  "--output", eio.join(out, "prepared")]
     if args.num_cpus:
@@ -48,7 +54,30 @@ def main(argv: list[str] | None = None) -> int:
     if stats["unusable_sources"]:
         print(f"error: unusable sources: {stats['unusable_sources']}", file=sys.stderr)
         return 1
-    print(f"\ndemo finished: {stats['total_samples']} samples in {cfg.output}")
+
+    print("\n== stage 2/2: synthesize (embedded SmolLM2-135M: paraphrases + hard negatives)")
+    synth_argv = ["--input", cfg.output, "--output", eio.join(out, "synth"),
+                  "--datasets", "articles", "--limit", str(args.synth_samples),
+                  "--techniques", "paraphrase,hard_negative", "--rules.n-negatives", "1",
+                  "--rules.max-retries-per-sample", "3", "--llm.max-tokens", "256"]
+    if args.num_cpus:
+        synth_argv += ["--num-cpus", str(args.num_cpus)]
+    scfg = parse_config(SynthConfig, synth_argv)
+    summary = run_synthesize(scfg)
+    print(synth_report(summary))
+    rows = eio.read_samples(scfg.output).to_pylist()
+    for source in ("paraphrase", "llm_negative"):
+        row = next((r for r in rows if r["source"] == source), None)
+        if row is None:
+            print(f"(no {source} row passed the rules this time: see {scfg.output}/errors)")
+            continue
+        parent = next(r for r in table if r["id"] == row["parent_id"])
+        shown = ({"original_query": parent["query"], "paraphrased_query": row["query"]}
+                 if source == "paraphrase" else
+                 {"query": row["query"], "llm_negative": row["negatives"][-1]})
+        print(json.dumps({"source": source, **shown}, ensure_ascii=False)[:500])
+    print(f"\ndemo finished: {stats['total_samples']} prepared samples in {cfg.output}; "
+          f"{summary['generated_rows']} LLM-generated rows in {scfg.output}")
     return 0
 
 

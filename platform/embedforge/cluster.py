@@ -110,6 +110,10 @@ class LocalCluster:
             f"--metrics-export-port={self.metrics_export_port}",
             f"--include-dashboard={'true' if self.dashboard else 'false'}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            # own agent ports: the defaults (52365, …) collide with any other cluster here
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
         ]
         env = {**os.environ, **self.env}
         env.pop("RAY_ADDRESS", None)
@@ -168,6 +172,26 @@ class LocalCluster:
         if self.auth_token():
             env["RAY_AUTH_MODE"] = "token"
         return env
+
+    def submit(self, entrypoint: list[str], cwd: str, timeout: float = 600,
+               working_dir: str = ".", agent_wait_s: float = 90) -> subprocess.CompletedProcess[str]:
+        """``ray job submit --working-dir`` to this cluster, waiting for its job agent.
+
+        Right after start the dashboard answers before the node's job agent has registered
+        ("No available agent to submit job"): that answer is retried, nothing else is.
+        """
+        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+        cmd = [ray_bin, "job", "submit", "--working-dir", working_dir, "--", *entrypoint]
+        env = {**os.environ, **self.client_env()}
+        deadline = time.monotonic() + agent_wait_s
+        while True:
+            res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                                 env=env)
+            if res.returncode == 0 or "No available agent" not in res.stderr + res.stdout:
+                return res
+            if time.monotonic() > deadline:
+                return res
+            time.sleep(2)
 
     def log_tail(self, n: int = 2000) -> str:
         try:

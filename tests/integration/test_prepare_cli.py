@@ -65,16 +65,12 @@ def test_unusable_source_exits_nonzero_but_keeps_the_rest(tmp_path, fixtures_dir
 def test_ray_job_submit_against_a_local_cluster(tmp_path, fixtures_dir):
     out_dir = tmp_path / "submitted"
     with LocalCluster(num_cpus=2) as cluster:
-        ray_bin = str(Path(sys.executable).parent / "ray")
-        res = subprocess.run(
-            [ray_bin, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".",
-             "--", "python", "jobs/prepare.py",
+        res = cluster.submit(
+            ["python", "jobs/prepare.py",
              "--source", f"arts=title_body:{fixtures_dir}/broken_articles.jsonl",
              "--source", f"sts=sts:{fixtures_dir}/broken_sts.tsv",
              "--output", str(out_dir)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, **cluster.client_env()},
-        )
+            cwd=str(ROOT), timeout=300)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert "succeeded" in (res.stdout + res.stderr).lower()
     stats = json.loads((out_dir / "stats.json").read_text())

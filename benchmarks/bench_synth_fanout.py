@@ -1,0 +1,234 @@
+"""LLM fan-out throughput: embedforge's synthesis client vs ray.data.llm vs asyncio + openai.
+
+Every contender talks to the same fake OpenAI-compatible server (its own process, fixed
+latency) on the same CPUs. Printed per run: requests/s, the ratio to the latency-bound
+ideal (concurrency / latency), and client CPU-ms per request (CPU time of the processes that
+make the requests: the Ray actors + coordinator for embedforge, the process for asyncio; the
+server's CPU is excluded).
+
+    .venv/bin/python benchmarks/bench_synth_fanout.py [--latency 0.2] [--requests 3000]
+
+Targets (issue #8): >= 0.8 of ideal at concurrency 64; >= 5x ray.data.llm with equal actors;
+<= 1.5 client CPU-ms per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+
+PROMPT = "Paraphrase: the quick brown fox jumps over the lazy dog near the river bank."
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "embedforge.testing.fake_llm", "--port", "0",
+                             "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    assert line.startswith("READY "), line
+    return proc, line.split()[1]
+
+
+def cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+# ---------------------------------------------------------------- (b) asyncio + openai SDK
+def bench_asyncio_openai(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    import openai
+
+    async def main() -> None:
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=60)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await client.chat.completions.create(
+                    model="fake-llm", messages=[{"role": "user", "content": f"{PROMPT} {i}"}])
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        await client.close()
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    asyncio.run(main())
+    return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+
+
+# ------------------------------------------------ embedforge gateway in one process (no Ray)
+def bench_gateway_inproc(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    from embedforge.llm.cache import ResponseCache
+    from embedforge.llm.config import LLMSettings
+    from embedforge.llm.gateway import Gateway
+    from embedforge.llm.ratelimit import AsyncLimiter
+
+    s = LLMSettings(model="fake-llm", max_concurrency=concurrency, json_mode="off")
+
+    async def main() -> None:
+        gw = Gateway(s, AsyncLimiter(concurrency), ResponseCache(None), url)
+        await asyncio.gather(*(gw.complete([{"role": "user", "content": f"{PROMPT} {i}"}],
+                                           template_version="bench", sample_index=i)
+                               for i in range(n)))
+        await gw.close()
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    asyncio.run(main())
+    return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+
+
+# ------------------------------------- embedforge on Ray: the synthesize job's fan-out path
+class FanoutWorker:
+    """What SynthWorker does per request (Gateway + global Coordinator), minus the rules."""
+
+    def __init__(self, cfg_json: str, coordinator: Any, url: str):
+        from embedforge.llm.cache import ResponseCache
+        from embedforge.llm.gateway import Gateway
+        from embedforge.synth.config import SynthConfig
+        from embedforge.synth.stage import make_limiter
+
+        cfg = SynthConfig.model_validate_json(cfg_json)
+        self.gw = Gateway(cfg.llm, make_limiter(cfg, coordinator), ResponseCache(None), url)
+        self.cpu0 = time.process_time()
+
+    async def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        res = await asyncio.gather(*(
+            self.gw.complete([{"role": "user", "content": f"{PROMPT} {i}"}],
+                             template_version="bench", sample_index=int(i))
+            for i in batch["i"]))
+        n = len(res)
+        return {"n": [n], "pid": [os.getpid()], "cpu": [time.process_time() - self.cpu0]}
+
+
+def bench_embedforge_ray(url: str, n: int, concurrency: int, actors: int,
+                         limiter: str = "partitioned") -> dict[str, Any]:
+    import ray
+
+    from embedforge.llm.config import LLMSettings
+    from embedforge.llm.coordinator import Coordinator
+    from embedforge.synth.config import SynthConfig
+
+    s = LLMSettings(model="fake-llm", max_concurrency=concurrency, json_mode="off", limiter=limiter)
+    cfg = SynthConfig(input="-", output="-", llm=s, num_actors=actors)
+    coord = Coordinator.remote(concurrency, None, None)
+    coord_pid = ray.get(coord.__ray_call__.remote(lambda self: os.getpid()))
+    ds = ray.data.range(n, override_num_blocks=actors * 8).rename_columns({"id": "i"})
+    out = ds.map_batches(FanoutWorker, fn_constructor_kwargs={
+        "cfg_json": cfg.model_dump_json(), "coordinator": coord, "url": url},
+        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=max(concurrency // actors, 8),
+        num_cpus=0.25)
+    c_coord = cpu_s(coord_pid)
+    c_drv, t0 = time.process_time(), time.perf_counter()
+    rows = out.take_all()
+    wall = time.perf_counter() - t0
+    per_pid: dict[int, float] = {}
+    for r in rows:
+        per_pid[r["pid"]] = max(per_pid.get(r["pid"], 0.0), r["cpu"])
+    done = sum(r["n"] for r in rows)
+    assert done == n, (done, n)
+    return {"wall": wall, "cpu": sum(per_pid.values()) + cpu_s(coord_pid) - c_coord,
+            "driver_cpu": time.process_time() - c_drv}
+
+
+# --------------------------------------------------------- (a) ray.data.llm HTTP processor
+def bench_ray_data_llm(url: str, n: int, actors: int) -> dict[str, Any]:
+    import ray
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    cfg = HttpRequestProcessorConfig(url=f"{url}/chat/completions", concurrency=actors,
+                                     batch_size=64, headers={"Authorization": "Bearer x"})
+    proc = build_processor(
+        cfg,
+        preprocess=lambda row: {"payload": {"model": "fake-llm", "messages": [
+            {"role": "user", "content": f"{PROMPT} {row['id']}"}]}},
+        postprocess=lambda row: {"ok": "choices" in row["http_response"]},
+    )
+    ds = ray.data.range(n, override_num_blocks=actors * 4)
+    t0 = time.perf_counter()
+    rows = proc(ds).take_all()
+    wall = time.perf_counter() - t0
+    assert len(rows) == n and all(r["ok"] for r in rows)
+    return {"wall": wall, "cpu": float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--baseline-requests", type=int, default=200, help="for ray.data.llm (slow)")
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+
+    import ray
+
+    from embedforge.cluster import short_temp_dir
+
+    server, url = start_server(args.latency)
+    results: list[dict[str, Any]] = []
+
+    def record(name: str, n: int, conc: int, r: dict[str, Any]) -> None:
+        rps = n / r["wall"]
+        ideal = conc / args.latency
+        row = {"name": name, "requests": n, "concurrency": conc, "wall_s": round(r["wall"], 2),
+               "req_per_s": round(rps, 1), "ideal_req_per_s": round(ideal, 1),
+               "ratio_to_ideal": round(rps / ideal, 3),
+               "client_cpu_ms_per_req": round(1000 * r["cpu"] / n, 3) if r["cpu"] == r["cpu"] else None}
+        if "driver_cpu" in r:
+            row["driver_cpu_ms_per_req"] = round(1000 * r["driver_cpu"] / n, 3)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    try:
+        srv0 = cpu_s(server.pid)
+        record("asyncio+openai SDK (1 process)", args.requests, 64,
+               bench_asyncio_openai(url, args.requests, 64))
+        record("embedforge gateway, aiohttp (1 process, no Ray)", args.requests, 64,
+               bench_gateway_inproc(url, args.requests, 64))
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 _temp_dir=short_temp_dir(), log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        bench_embedforge_ray(url, 200, 64, args.actors)  # warm up actors/imports
+        record(f"embedforge synth fan-out (Ray, {args.actors} actors)", args.requests, 64,
+               bench_embedforge_ray(url, args.requests, 64, args.actors))
+        record(f"embedforge synth fan-out (Ray, {args.actors} actors, coordinator limiter)",
+               args.requests, 64,
+               bench_embedforge_ray(url, args.requests, 64, args.actors, "coordinator"))
+        record(f"embedforge synth fan-out (Ray, {args.actors} actors)", args.requests * 2, 256,
+               bench_embedforge_ray(url, args.requests * 2, 256, args.actors))
+        base = bench_ray_data_llm(url, args.baseline_requests, args.actors)
+        record(f"ray.data.llm HttpRequestProcessor ({args.actors} actors)", args.baseline_requests,
+               args.actors, base)
+        print(f"server CPU over the whole run: {cpu_s(server.pid) - srv0:.1f}s")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if ray.is_initialized():
+            ray.shutdown()
+    ours = next(r for r in results if r["name"] == f"embedforge synth fan-out (Ray, {args.actors} actors)"
+                and r["concurrency"] == 64)
+    theirs = next(r for r in results if r["name"].startswith("ray.data.llm"))
+    sdk = results[0]
+    summary = {
+        "ratio_to_ideal_at_64": ours["ratio_to_ideal"],
+        "speedup_vs_ray_data_llm_equal_actors": round(ours["req_per_s"] / theirs["req_per_s"], 1),
+        "speedup_vs_asyncio_openai": round(ours["req_per_s"] / sdk["req_per_s"], 2),
+        "client_cpu_ms_per_req": ours["client_cpu_ms_per_req"],
+        "targets": {"ratio_to_ideal_at_64": ">= 0.8", "speedup_vs_ray_data_llm": ">= 5",
+                    "client_cpu_ms_per_req": "<= 1.5"},
+    }
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"runs": results, "summary": summary, "latency_s": args.latency}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""OpenAI-compatible LLM gateway: global rate limits, retries, response cache, accounting."""

@@ -1,0 +1,1 @@
+"""LLM data synthesis: paraphrase, augmentation, hard negatives (QZhou-Embedding §data)."""

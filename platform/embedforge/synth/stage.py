@@ -1,0 +1,390 @@
+"""The synthesize stage on Ray: async LLM actors (Ray Data), global limits, dedup, filters.
+
+Flow: read samples -> actors (each with many requests in flight, limits held by one
+coordinator actor) write raw rows + errors -> the driver finds cross-output duplicates from
+the text columns only -> a final Ray Data pass drops them (and applies the optional
+embedding filter) -> ``samples/``, ``errors/``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from .. import io as eio
+from .. import metrics
+from ..cluster import connect
+from ..llm.cache import ResponseCache
+from ..llm.coordinator import Coordinator, PartitionedLimiter, RemoteLimiter, can_partition
+from ..llm.gateway import Gateway, estimate_cost
+from ..schema import ARROW_SCHEMA, rows_to_table
+from . import rules
+from .config import SynthConfig
+from .techniques import merge_negatives, synthesize_sample
+
+RAW_DIR, ERRORS_DIR, SAMPLES_DIR = "_raw", "errors", "samples"
+
+
+def cache_root(cfg: SynthConfig) -> str:
+    return cfg.cache or eio.join(cfg.output, "_cache")
+
+
+def make_limiter(cfg: SynthConfig, coordinator: Any) -> Any:
+    """Per-actor shares of the job-wide budgets when they divide, else the coordinator."""
+    llm = cfg.llm
+    if llm.limiter == "partitioned" and can_partition(llm.max_concurrency, llm.rpm, llm.tpm,
+                                                      cfg.num_actors):
+        return PartitionedLimiter(coordinator, llm.max_concurrency, llm.rpm, llm.tpm,
+                                  llm.rate_window_s, cfg.num_actors)
+    return RemoteLimiter(coordinator)
+
+
+class SynthWorker:
+    """A Ray Data actor: one event loop, one HTTP session, many requests in flight."""
+
+    def __init__(self, cfg_json: str, coordinator: Any, base_url: str, api_key: str | None = None,
+                 only_ids: list[str] | None = None):
+        self.cfg = SynthConfig.model_validate_json(cfg_json)
+        self.coordinator = coordinator
+        self.gw = Gateway(self.cfg.llm, make_limiter(self.cfg, coordinator),
+                          ResponseCache(cache_root(self.cfg)), base_url, api_key=api_key)
+        self.sent: Counter[str] = Counter()
+        self.kinds = set(self.cfg.kinds)
+        self.datasets = set(self.cfg.datasets)
+        self.only_ids = set(only_ids) if only_ids is not None else None
+
+    def _selected(self, row: dict[str, Any]) -> bool:
+        if self.only_ids is not None:
+            return row["id"] in self.only_ids
+        return row["kind"] in self.kinds and (not self.datasets or row["dataset"] in self.datasets)
+
+    async def _one(self, row: dict[str, Any]):
+        if not self._selected(row):
+            return None
+        return await synthesize_sample(self.gw, row, list(self.cfg.techniques), self.cfg.rules,
+                                       self.cfg.llm.model)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        results = await asyncio.gather(*(self._one(r) for r in rows))
+        out: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        rejections: Counter[str] = Counter()
+        for row, res in zip(rows, results, strict=True):
+            if res is None:
+                if self.cfg.keep_originals:
+                    out.append(row)
+                continue
+            merged = merge_negatives(row, res)
+            if self.cfg.keep_originals or merged is not None:
+                out.append(merged or row)
+            out.extend(res.rows)
+            errors.extend(res.errors)
+            rejections.update(res.rejections)
+        if errors:
+            await asyncio.to_thread(
+                eio.write_jsonl_atomic, errors,
+                eio.join(self.cfg.output, ERRORS_DIR, f"part-{uuid.uuid4().hex}.jsonl"))
+        await self._report(rejections, out, len(errors))
+        return rows_to_table([{k: r[k] for k in ARROW_SCHEMA.names} for r in out])
+
+    async def _report(self, rejections: Counter[str], out: list[dict[str, Any]], n_errors: int) -> None:
+        """Send this batch's accounting to the coordinator and to Ray metrics."""
+        delta = Counter(self.gw.stats)
+        delta.subtract(self.sent)
+        self.sent = Counter(self.gw.stats)
+        delta = Counter({k: v for k, v in delta.items() if v})
+        for key, n in rejections.items():
+            delta[f"rejected:{key}"] += n
+        delta["error_rows"] += n_errors
+        for r in out:
+            delta[f"rows:{r['source']}"] += 1
+        # awaited: the driver reads the totals right after the last batch returns
+        await self.coordinator.add_stats.remote(dict(delta))
+        model = {"model": self.cfg.llm.model}
+        metrics.inc("embedforge_synth_llm_requests_total", delta["calls"], model)
+        metrics.inc("embedforge_synth_llm_ok_total", delta["ok"], model)
+        metrics.inc("embedforge_synth_llm_failed_total", delta["failed"], model)
+        metrics.inc("embedforge_synth_llm_retries_total", delta["retries"], model)
+        metrics.inc("embedforge_synth_cache_hits_total", delta["cache_hits"], model)
+        metrics.inc("embedforge_synth_tokens_total", delta["prompt_tokens"], {**model, "type": "prompt"})
+        metrics.inc("embedforge_synth_tokens_total", delta["completion_tokens"],
+                    {**model, "type": "completion"})
+        cost = estimate_cost(self.cfg.llm.prices, self.cfg.llm.model, delta["prompt_tokens"],
+                             delta["completion_tokens"])
+        metrics.inc("embedforge_synth_cost_usd_total", cost or 0.0, model)
+        for key, n in delta.items():
+            if key.startswith("error_"):
+                metrics.inc("embedforge_synth_llm_errors_total", n, {**model, "kind": key[6:]})
+            elif key.startswith("rejected:"):
+                technique, reason = key[len("rejected:"):].split(":", 1)
+                metrics.inc("embedforge_synth_rejections_total", n,
+                            {"technique": technique, "reason": reason})
+            elif key.startswith("rows:"):
+                metrics.inc("embedforge_synth_rows_total", n, {"source": key[5:]})
+
+
+def _first_selected_ids(files: list[str], cfg: SynthConfig) -> list[str]:
+    """Ids of the first ``cfg.limit`` samples matching kinds/datasets (others pass through)."""
+    import pyarrow.parquet as pq
+
+    ids: list[str] = []
+    for f in files:
+        fs, p = eio._fs_and_path(f)
+        for r in pq.read_table(p, columns=["id", "kind", "dataset"], filesystem=fs).to_pylist():
+            if r["kind"] in cfg.kinds and (not cfg.datasets or r["dataset"] in cfg.datasets):
+                ids.append(r["id"])
+                if len(ids) >= (cfg.limit or 0):
+                    return ids
+    return ids
+
+
+def duplicate_ids(raw_dir: str) -> tuple[set[str], int]:
+    """Generated rows repeating (after normalisation) an earlier row of the whole output.
+
+    Originals are seen first so a generated row never displaces one. Reads only the text
+    columns; returns the ids to drop and the number of exact-id repeats among them.
+    """
+    import pyarrow.parquet as pq
+
+    files = eio.list_files(raw_dir, ".parquet")
+    cols = ["id", "kind", "query", "positive", "label", "source"]
+    tables = []
+    for f in files:
+        fs, p = eio._fs_and_path(f)
+        tables.append(pq.read_table(p, columns=cols, filesystem=fs))
+    if not tables:
+        return set(), 0
+    table = pa.concat_tables(tables)
+    rows = table.to_pylist()
+    rows.sort(key=lambda r: r["source"] not in ("original", "llm_negative"))
+    seen: set[tuple[Any, ...]] = set()
+    seen_ids: set[str] = set()
+    drop: set[str] = set()
+    exact = 0
+    for r in rows:
+        key = (r["kind"], rules.normalize(r["query"]), rules.normalize(r["positive"]), r["label"])
+        generated = r["source"] not in ("original", "llm_negative")
+        if r["id"] in seen_ids and generated:
+            exact += 1
+            drop.add(r["id"])
+        elif key in seen and generated:
+            drop.add(r["id"])
+        seen.add(key)
+        seen_ids.add(r["id"])
+    return drop, exact
+
+
+class Finalizer:
+    """Drops duplicates, dedups ids, and applies the optional embedding filter."""
+
+    def __init__(self, drop: set[str], cfg_json: str):
+        self.drop = drop
+        self.cfg = SynthConfig.model_validate_json(cfg_json)
+        self.model = None
+        if self.cfg.embed_filter.model:
+            from sentence_transformers import SentenceTransformer
+
+            self.model = SentenceTransformer(self.cfg.embed_filter.model, device="cpu")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [r for r in batch.to_pylist() if r["id"] not in self.drop]
+        if self.model is not None:
+            rows = self._embed_filter(rows)
+        return rows_to_table(rows)
+
+    def _embed_filter(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Cosine(query, positive) floor for generated pairs; generated negatives must score
+        below their positive (else they are likely false negatives)."""
+        ef = self.cfg.embed_filter
+        todo = [r for r in rows if r["source"] != "original" and r["kind"] != "classification"]
+        if not todo:
+            return rows
+        texts: list[str] = []
+        for r in todo:
+            texts += [r["query"], r["positive"], *r["negatives"]]
+        emb = self.model.encode(texts, batch_size=ef.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True)
+        keep_ids: set[str] = set()
+        i = 0
+        for r in todo:
+            q, p = emb[i], emb[i + 1]
+            negs = emb[i + 2: i + 2 + len(r["negatives"])]
+            i += 2 + len(r["negatives"])
+            pos_score = float(q @ p)
+            meta = json.loads(r["meta"] or "{}")
+            meta["embed_filter"] = {"pos_score": round(pos_score, 4)}
+            if r["kind"] == "retrieval" and r["source"] in ("paraphrase", "augment") and pos_score < ef.min_pair_cosine:
+                continue
+            if ef.drop_negatives_above_positive and r["negatives"]:
+                sources = meta.get("negative_sources") or ["llm"] * len(r["negatives"])
+                kept, kept_src, dropped = [], [], 0
+                for text, vec, src in zip(r["negatives"], negs, sources, strict=False):
+                    if src == "llm" and float(q @ vec) >= pos_score:
+                        dropped += 1
+                        continue
+                    kept.append(text)
+                    kept_src.append(src)
+                r["negatives"], meta["negative_sources"] = kept, kept_src
+                meta["embed_filter"]["negatives_dropped"] = dropped
+            r["meta"] = json.dumps(meta, ensure_ascii=False, sort_keys=True)
+            keep_ids.add(r["id"])
+        todo_ids = {r["id"] for r in todo}
+        return [r for r in rows if r["id"] in keep_ids or r["id"] not in todo_ids]
+
+
+def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
+    """Run the stage end to end; returns the summary also written to OUTPUT/summary.json."""
+    import ray
+
+    from ..llm.local_server import local_llm
+
+    t0 = time.time()
+    files = [f for f in eio.list_files(eio.join(cfg.input, "samples"), ".parquet")] or \
+        eio.list_files(cfg.input, ".parquet")
+    if not files:
+        from ..config import ConfigError
+
+        raise ConfigError(f"no unified samples (samples/*.parquet) under --input {cfg.input}")
+    for sub in (RAW_DIR, ERRORS_DIR, SAMPLES_DIR):
+        _clear(eio.join(cfg.output, sub))
+    eio.makedirs(cfg.output)
+    if not cfg.llm.base_url:
+        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(
+            update={"timeout_s": max(cfg.llm.timeout_s, cfg.local_llm.request_timeout_s)})})
+    cfg_json = cfg.model_dump_json()
+    with connect(cfg.ray_address, cfg.num_cpus), local_llm(cfg, log) as base_url:
+        coordinator = Coordinator.remote(cfg.llm.max_concurrency, cfg.llm.rpm, cfg.llm.tpm,
+                                         cfg.llm.rate_window_s)
+        ds = ray.data.read_parquet(files)
+        only_ids = _first_selected_ids(files, cfg) if cfg.limit else None
+        # enough blocks for every actor to have work (a small file is one block otherwise)
+        ds = ds.repartition(max(cfg.num_actors * 4, 1))
+        log(f"[synthesize] {cfg.techniques} via {base_url} (model {cfg.llm.model}, "
+            f"{cfg.num_actors} actors, max {cfg.llm.max_concurrency} in flight)")
+        out = ds.map_batches(
+            SynthWorker, fn_constructor_kwargs={
+                "cfg_json": cfg_json, "coordinator": coordinator, "base_url": base_url,
+                # the key travels as an argument, never in configs, logs, caches or outputs
+                "api_key": os.environ.get(cfg.llm.api_key_env), "only_ids": only_ids},
+            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), batch_size=cfg.batch_size,
+            batch_format="pyarrow", num_cpus=cfg.cpus_per_actor,
+        )
+        with _Progress(coordinator, log):
+            out.write_parquet(eio.join(cfg.output, RAW_DIR))
+        stats = ray.get(coordinator.stats.remote())
+        drop, _exact = duplicate_ids(eio.join(cfg.output, RAW_DIR))
+        log(f"[synthesize] dedup: {len(drop)} generated rows repeat earlier ones")
+        final = ray.data.read_parquet(eio.join(cfg.output, RAW_DIR)).map_batches(
+            Finalizer, fn_constructor_kwargs={"drop": drop, "cfg_json": cfg_json},
+            compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow",
+            batch_size=256, num_cpus=cfg.cpus_per_actor,
+        )
+        final.write_parquet(eio.join(cfg.output, SAMPLES_DIR))
+    _clear(eio.join(cfg.output, RAW_DIR))
+    summary = _summary(cfg, stats, len(drop), time.time() - t0)
+    eio.write_json(summary, eio.join(cfg.output, "summary.json"))
+    return summary
+
+
+class _Progress:
+    """A progress line every ``every_s`` seconds from the coordinator's running totals."""
+
+    def __init__(self, coordinator: Any, log, every_s: float = 10.0):
+        import threading
+
+        self.coordinator, self.log, self.every_s = coordinator, log, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.time()
+
+    def _run(self) -> None:
+        import ray
+
+        while not self._stop.wait(self.every_s):
+            try:
+                st = ray.get(self.coordinator.stats.remote(), timeout=5)
+            except Exception:  # progress is best effort
+                continue
+            rows = sum(v for k, v in st.items() if k.startswith("rows:"))
+            dt = time.time() - self._t0
+            sent = st.get("requests_started", 0)
+            self.log(f"[synthesize] {dt:.0f}s: {sent} requests sent ({sent / max(dt, 1e-9):.1f}/s, "
+                     f"{st.get('in_flight', 0)} in flight); finished batches: {st.get('ok', 0)} ok, "
+                     f"{st.get('cache_hits', 0)} cached, {st.get('retries', 0)} retries, "
+                     f"{rows} rows out")
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=6)
+
+
+def _clear(path: str) -> None:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def _summary(cfg: SynthConfig, stats: dict[str, Any], duplicates: int, seconds: float) -> dict[str, Any]:
+    table = eio.read_samples(cfg.output)
+    by_source = Counter(table.column("source").to_pylist())
+    errors = [r for f in eio.list_files(eio.join(cfg.output, ERRORS_DIR), ".jsonl")
+              for r in eio.read_jsonl(f)]
+    p_tok, c_tok = int(stats.get("prompt_tokens", 0)), int(stats.get("completion_tokens", 0))
+    rejected = {k[len("rejected:"):]: v for k, v in stats.items() if k.startswith("rejected:")}
+    config = cfg.model_dump(mode="json")
+    return {
+        "stage": "synthesize",
+        "input": cfg.input,
+        "output": cfg.output,
+        "model": cfg.llm.model,
+        "rows_by_source": dict(by_source),
+        "generated_rows": sum(v for k, v in by_source.items() if k != "original"),
+        "llm": {
+            "calls": int(stats.get("calls", 0)),
+            "ok": int(stats.get("ok", 0)),
+            "failed": int(stats.get("failed", 0)),
+            "retries": int(stats.get("retries", 0)),
+            "cache_hits": int(stats.get("cache_hits", 0)),
+            "errors_by_kind": {k[6:]: v for k, v in stats.items() if k.startswith("error_")},
+            "prompt_tokens": p_tok,
+            "completion_tokens": c_tok,
+            "estimated_cost_usd": estimate_cost(cfg.llm.prices, cfg.llm.model, p_tok, c_tok),
+            "max_in_flight_granted": stats.get("max_in_flight_granted", 0),
+        },
+        "rejections_by_reason": rejected,
+        "duplicates_dropped": duplicates,
+        "error_rows": len(errors),
+        "errors_by_reason": dict(Counter(e["reason"] for e in errors)),
+        "seconds": round(seconds, 2),
+        "config": config,
+    }
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    llm = summary["llm"]
+    cost = llm["estimated_cost_usd"]
+    lines = [
+        f"rows by source: {summary['rows_by_source']}",
+        f"LLM calls {llm['calls']} (ok {llm['ok']}, failed {llm['failed']}, retries "
+        f"{llm['retries']}, cache hits {llm['cache_hits']}); tokens {llm['prompt_tokens']} prompt"
+        f" + {llm['completion_tokens']} completion; cost "
+        f"{'n/a (no price for ' + summary['model'] + ')' if cost is None else f'${cost:.4f}'}",
+        f"rejected outputs: {summary['rejections_by_reason'] or 'none'}; duplicates dropped: "
+        f"{summary['duplicates_dropped']}; error rows: {summary['error_rows']} "
+        f"{summary['errors_by_reason'] or ''}",
+    ]
+    return "\n".join(lines)
