@@ -71,7 +71,9 @@ def _flag_kind(tp: Any) -> str:
         return "bool"
     if _is_model(tp):
         return "model"
-    if origin in (list, tuple, set, frozenset) or tp in (list, tuple, set):
+    if origin is tuple or tp is tuple:
+        return "scalar"  # fixed-size (e.g. a range "10-100" or [10, 100]): one value
+    if origin in (list, set, frozenset) or tp in (list, set):
         return "list"
     if origin is dict or tp is dict:
         return "dict"

@@ -24,7 +24,14 @@ SYNTH_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "embedforge_synth_rows_total": ("counter", "rows written by source", ("source",)),
 }
 
-ALL_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {**SYNTH_METRICS}
+MINE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "embedforge_mine_embeddings_total": ("counter", "texts embedded for mining", ("model",)),
+    "embedforge_mine_queries_total": ("counter", "queries searched", ()),
+    "embedforge_mine_negatives_total": ("counter", "negatives kept by source", ("source",)),
+    "embedforge_mine_dropped_total": ("counter", "candidates dropped by reason", ("reason",)),
+}
+
+ALL_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {**SYNTH_METRICS, **MINE_METRICS}
 
 
 @cache

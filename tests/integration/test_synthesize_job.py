@@ -195,3 +195,16 @@ def test_ray_job_submit_synthesize(prepared, tmp_path):
         assert srv.stats()["requests"] >= 48
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows_by_source"]["paraphrase"] == 48 and summary["error_rows"] == 0
+
+
+def test_limit_synthesises_from_the_first_selected_rows_and_keeps_all(prepared, tmp_path):
+    with FakeLLMServer(responder=synth_responder) as srv:
+        summary = run_synthesize(_cfg(prepared, tmp_path / "lim", srv.base_url, "--limit", "5",
+                                      "--datasets", "articles", "--techniques", "paraphrase"),
+                                 log=lambda *_: None)
+        assert srv.stats()["requests"] == 5
+    table = eio.read_samples(str(tmp_path / "lim")).to_pandas()
+    assert summary["rows_by_source"] == {"original": eio.read_samples(str(prepared)).num_rows,
+                                         "paraphrase": 5}
+    parents = set(table[table.source == "paraphrase"].parent_id)
+    assert parents <= set(table[(table.dataset == "articles") & (table.source == "original")].id)

@@ -40,8 +40,10 @@ class LLMSettings(ConfigSection):
     temperature: float = Field(0.9, ge=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
     max_tokens: int = Field(512, ge=1, description="completion token limit")
-    json_mode: Literal["schema", "object", "off"] = Field(
-        "schema", description="response_format: json_schema (constrained), json_object, or none"
+    json_mode: Literal["schema", "object_schema", "object", "off"] = Field(
+        "schema",
+        description="response_format: OpenAI json_schema | json_object with a schema "
+                    "(llama-cpp-python) | json_object | none",
     )
     prices: dict[str, list[float]] = Field(
         default_factory=lambda: {

@@ -23,6 +23,7 @@ class Coordinator:
         self.totals: Counter[str] = Counter()
         self.max_in_flight = 0
         self.started = 0
+        self.actor_in_flight: dict[str, int] = {}
 
     async def acquire(self, est_tokens: int = 0) -> None:
         await self.limiter.acquire(est_tokens)
@@ -35,10 +36,12 @@ class Coordinator:
     async def pause(self, seconds: float) -> None:
         await self.limiter.pause(seconds)
 
-    async def pause_remaining(self) -> float:
-        """Seconds left of the job-wide provider pause (0 when none)."""
+    async def heartbeat(self, actor: str, started: int, in_flight: int) -> float:
+        """An actor's live counts (for progress lines); returns the job-wide pause left."""
         import time
 
+        self.started += started
+        self.actor_in_flight[actor] = in_flight
         return max(0.0, self.limiter.budget.paused_until - time.monotonic())
 
     async def add_stats(self, delta: dict[str, float]) -> None:
@@ -46,7 +49,8 @@ class Coordinator:
 
     async def stats(self) -> dict[str, Any]:
         return {**dict(self.totals), "max_in_flight_granted": self.max_in_flight,
-                "requests_started": self.started, "in_flight": self.limiter.budget.in_flight}
+                "requests_started": self.started,
+                "in_flight": self.limiter.budget.in_flight + sum(self.actor_in_flight.values())}
 
 
 def partition(total: int | None, parts: int) -> int | None:
@@ -73,6 +77,7 @@ class PartitionedLimiter:
         self.local = AsyncLimiter(partition(max_concurrency, parts) or 1, partition(rpm, parts),
                                   partition(tpm, parts), window_s)
         self.poll_s = poll_s
+        self.started = 0
         self._poller: Any = None
 
     def _ensure_poller(self) -> None:
@@ -83,19 +88,24 @@ class PartitionedLimiter:
 
     async def _poll(self) -> None:
         import asyncio
+        import uuid
 
+        me = uuid.uuid4().hex[:8]
         while True:
+            started, self.started = self.started, 0
             try:
-                remaining = await self.handle.pause_remaining.remote()
+                remaining = await self.handle.heartbeat.remote(
+                    me, started, self.local.budget.in_flight)
                 if remaining > 0:
                     await self.local.pause(remaining)
-            except Exception:  # the coordinator is best effort for pauses
-                pass
+            except Exception:  # pauses/progress are best effort; the local shares still hold
+                self.started += started
             await asyncio.sleep(self.poll_s)
 
     async def acquire(self, est_tokens: int = 0) -> None:
         self._ensure_poller()
         await self.local.acquire(est_tokens)
+        self.started += 1
 
     async def release(self, est_tokens: int = 0, used_tokens: int | None = None) -> None:
         await self.local.release(est_tokens, used_tokens)

@@ -75,6 +75,8 @@ def response_format(mode: str, schema: dict[str, Any] | None, name: str) -> dict
         return None
     if mode == "object":
         return {"type": "json_object"}
+    if mode == "object_schema":  # llama-cpp-python's grammar-constrained form
+        return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 

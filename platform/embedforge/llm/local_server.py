@@ -3,14 +3,15 @@
 Backend choice (measured on 2 CPU cores, SmolLM2-135M-Instruct Q4_1, 16 concurrent
 paraphrase requests, max_tokens 64; see README "Embedded LLM"):
 
-- llama.cpp (``llama-cpp-python[server]``): ready in 0.7 s, 1.70 req/s, 33 completion tok/s,
-  15/16 answers valid JSON (grammar-constrained ``response_format``) — but a fresh machine must
+- llama.cpp (``llama-cpp-python[server]``): ready in 0.7 s, 1.92 req/s, 33 completion tok/s,
+  16/16 answers valid JSON (grammar-constrained ``response_format``) — but a fresh machine must
   compile it from source first (4 min 14 s here).
 - transformers engine (:mod:`embedforge.llm.hf_server`): ready in 18.6 s (GGUF de-quantised),
   1.70 req/s, 30 tok/s, 14/16 valid JSON (pre-filled JSON key) — with only the project's own
   dependencies.
 
-Same throughput, so ``auto`` uses llama.cpp where it is already installed and the transformers
+llama.cpp is 13% faster but costs a 4-minute compile on a fresh machine, about as long as the
+demo synthesises, so ``auto`` uses llama.cpp where it is already installed and the transformers
 engine otherwise, which keeps ``make demo`` free of a multi-minute compile.
 """
 

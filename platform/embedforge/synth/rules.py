@@ -102,7 +102,7 @@ def check_language(original: str, new: str) -> str | None:
     lo, ln = language_of(original), language_of(new)
     if lo == "unknown" or lo == ln:
         return None
-    return "language"
+    return "no_text" if ln == "unknown" else "language"
 
 
 def check_paraphrase(original: str, new: str, *, length_tolerance: float = 0.15,

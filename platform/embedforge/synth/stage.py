@@ -244,7 +244,7 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
     """Run the stage end to end; returns the summary also written to OUTPUT/summary.json."""
     import ray
 
-    from ..llm.local_server import local_llm
+    from ..llm.local_server import choose_backend, local_llm
 
     t0 = time.time()
     files = [f for f in eio.list_files(eio.join(cfg.input, "samples"), ".parquet")] or \
@@ -260,6 +260,11 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
         cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(
             update={"timeout_s": max(cfg.llm.timeout_s, cfg.local_llm.request_timeout_s)})})
     cfg_json = cfg.model_dump_json()
+    if not cfg.llm.base_url and choose_backend(cfg.local_llm.backend) == "llama_cpp" \
+            and cfg.llm.json_mode == "schema":
+        # llama-cpp-python takes the schema as {"type": "json_object", "schema": ...}
+        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"json_mode": "object_schema"})})
+        cfg_json = cfg.model_dump_json()
     with connect(cfg.ray_address, cfg.num_cpus), local_llm(cfg, log) as base_url:
         coordinator = Coordinator.remote(cfg.llm.max_concurrency, cfg.llm.rpm, cfg.llm.tpm,
                                          cfg.llm.rate_window_s)

@@ -1,0 +1,1 @@
+"""Hard-negative mining: embedding actors, sharded faiss search, positive-aware selection."""

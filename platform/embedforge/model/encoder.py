@@ -1,0 +1,153 @@
+"""Load any HF / sentence-transformers folder as an embedding model and encode texts.
+
+One implementation of pooling (mean | last_token | cls), normalisation and padding side for
+every stage, so a model mined with, trained, served and evaluated is the same function.
+Decoder backbones (Qwen2/2.5/3) pad on the left and can run bidirectional (report's choice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..config import ConfigSection
+
+Pooling = Literal["mean", "last_token", "cls", "auto"]
+
+
+class EncoderSettings(ConfigSection):
+    """Which model and how it turns texts into vectors."""
+
+    model: str = Field(description="HF / sentence-transformers folder or hub id")
+    pooling: Pooling = Field("auto", description="mean | last_token | cls (auto: from the folder)")
+    normalize: bool = Field(True, description="L2-normalise embeddings")
+    max_length: int | None = Field(
+        None, ge=8, description="token limit per text (default: the folder's max_seq_length, else 512)")
+    bidirectional: bool = Field(False, description="decoders: full attention (is_causal=False)")
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+
+def _st_pooling(path: str) -> str | None:
+    """Pooling mode of a sentence-transformers folder (``1_Pooling/config.json``)."""
+    modules = os.path.join(path, "modules.json")
+    if not os.path.exists(modules):
+        return None
+    with open(modules) as fh:
+        for mod in json.load(fh):
+            if mod.get("type", "").endswith("Pooling"):
+                with open(os.path.join(path, mod["path"], "config.json")) as pf:
+                    cfg = json.load(pf)
+                if cfg.get("pooling_mode_lasttoken"):
+                    return "last_token"
+                if cfg.get("pooling_mode_cls_token"):
+                    return "cls"
+                return "mean"
+    return None
+
+
+def _st_max_length(path: str) -> int | None:
+    """``max_seq_length`` of a sentence-transformers folder (256 for all-MiniLM-L6-v2)."""
+    cfg = os.path.join(path, "sentence_bert_config.json")
+    if os.path.exists(cfg):
+        with open(cfg) as fh:
+            value = json.load(fh).get("max_seq_length")
+        return int(value) if value else None
+    return None
+
+
+def pool(hidden: Any, mask: Any, mode: str, left_padded: bool) -> Any:
+    """Pool token states ``[B, T, H]`` with attention ``mask [B, T]`` (pure torch)."""
+    import torch
+
+    if mode == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "last_token":
+        if left_padded:
+            return hidden[:, -1]
+        idx = mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+    raise ValueError(f"unknown pooling {mode!r}")
+
+
+class Encoder:
+    """``encode(texts) -> np.ndarray [N, D]`` with length-sorted batches."""
+
+    def __init__(self, settings: EncoderSettings):
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.s = settings
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32}[settings.dtype]
+        cfg = AutoConfig.from_pretrained(settings.model)
+        self.is_decoder = bool(getattr(cfg, "is_decoder", False)) or cfg.model_type in (
+            "qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "phi3")
+        if self.is_decoder and settings.bidirectional:
+            cfg.is_causal = False
+        self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left" if self.is_decoder else "right"
+        self.model = AutoModel.from_pretrained(settings.model, config=cfg, dtype=dtype).to(self.device)
+        self.model.eval()
+        pooling = settings.pooling
+        if pooling == "auto":
+            pooling = _st_pooling(settings.model) or ("last_token" if self.is_decoder else "mean")
+        self.pooling = pooling
+        self.max_length = settings.max_length or _st_max_length(settings.model) or min(
+            512, int(getattr(self.tokenizer, "model_max_length", 512) or 512))
+        self.dim = int(getattr(cfg, "hidden_size", 0))
+
+    def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        import torch
+
+        bs = batch_size or self.s.batch_size
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), bs):
+                idx = order[start:start + bs]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                emb = pool(hidden, enc["attention_mask"], self.pooling,
+                           self.tokenizer.padding_side == "left")
+                if self.s.normalize:
+                    emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+                out[idx] = emb.float().cpu().numpy()
+        return out
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.s)
+
+
+def fingerprint(settings: EncoderSettings) -> str:
+    """Identifies (model files, pooling, normalisation, length) for embedding caches, without
+    loading the model."""
+    import hashlib
+
+    files = []
+    path = settings.model
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            if os.path.isfile(full):
+                st = os.stat(full)
+                files.append((name, st.st_size, int(st.st_mtime)))
+    key = json.dumps([path, files, settings.pooling, settings.normalize, settings.max_length,
+                      settings.bidirectional], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

