@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from .. import io as eio
 from .. import metrics
@@ -59,8 +60,7 @@ def load_corpus(cfg: MineConfig, samples: list[dict[str, Any]]) -> list[str]:
     elif eio.exists(eio.join(src, "corpus.jsonl")):
         texts = [beir_doc_text(r) for r in eio.read_jsonl(eio.join(src, "corpus.jsonl"))]
     elif src.endswith((".jsonl", ".parquet")):
-        rows = eio.read_jsonl(src) if src.endswith(".jsonl") else \
-            __import__("pyarrow.parquet").parquet.read_table(src).to_pylist()
+        rows = eio.read_jsonl(src) if src.endswith(".jsonl") else pq.read_table(src).to_pylist()
         texts = [f"{r.get('title') or ''} {r['text']}".strip() for r in rows]
     else:
         for s in eio.read_samples(src).to_pylist():
@@ -122,21 +122,20 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
         metrics.inc("embedforge_mine_queries_total", len(queries))
         for s in shards:
             ray.kill(s)
-    scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k))
-    ids = np.concatenate(all_ids) if all_ids else np.zeros((0, k), dtype=int)
+        scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k))
+        ids = np.concatenate(all_ids) if all_ids else np.zeros((0, k), dtype=int)
 
-    rescore_vec: dict[str, np.ndarray] | None = None
-    if cfg.rescore is not None:
-        # the teacher scores what the selection looks at: queries, positives, existing
-        # negatives and the window's candidates
-        window = {int(d) for row in ids for d in row[max(0, lo - 1):hi] if d >= 0}
-        texts = queries + others + [corpus[d] for d in sorted(window)]
-        rfp = encoder_fingerprint(cfg.rescore)
-        with connect(cfg.ray_address, cfg.num_cpus):
+        rescore_vec: dict[str, np.ndarray] | None = None
+        if cfg.rescore is not None:
+            # the teacher scores what the selection looks at: queries, positives, existing
+            # negatives and the window's candidates (same Ray connection, same cache)
+            window = {int(d) for row in ids for d in row[max(0, lo - 1):hi] if d >= 0}
+            texts = queries + others + [corpus[d] for d in sorted(window)]
+            rfp = encoder_fingerprint(cfg.rescore)
             embed_all(texts, cfg.rescore, root, rfp, cfg.embed_actors, cfg.rescore.batch_size,
                       use_gpu, log)
-        rescore_vec = load_cache(root, rfp, {text_hash(t) for t in texts})
-        log(f"[mine] rescored {len(window)} window candidates with {cfg.rescore.model}")
+            rescore_vec = load_cache(root, rfp, {text_hash(t) for t in texts})
+            log(f"[mine] rescored {len(window)} window candidates with {cfg.rescore.model}")
 
     positives_of: dict[tuple[str, str], list[str]] = defaultdict(list)
     for s in retrieval:
