@@ -63,3 +63,15 @@ def test_distinct_augment_and_hard_negative():
     assert rules.check_hard_negative(q, p, p) == "repeats_original"
     assert rules.check_hard_negative(q, p, "Wasps use scent and colour to find prey, and scouts report nests.") is None
     assert rules.check_hard_negative(q, p, "Too short.") == "length"
+
+
+def test_within_difference_agrees_with_difference():
+    from embedforge.text import difference, within_difference
+
+    pairs = [("the cat sat on the mat", "the cat sat on a mat"), ("a b c d", "w x y z"),
+             ("short", "a much longer text with many more words in it"), ("same", "same"),
+             ("猫坐在垫子上", "猫坐在垫子上了")]
+    for a, b in pairs:
+        for limit in (0.05, 0.2, 0.5, 0.9):
+            assert within_difference(a, b, limit) == (difference(a, b) < limit), (a, b, limit)
+    assert not within_difference("same", "same", 0)  # 0 disables the check

@@ -31,7 +31,18 @@ MINE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "embedforge_mine_dropped_total": ("counter", "candidates dropped by reason", ("reason",)),
 }
 
-ALL_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {**SYNTH_METRICS, **MINE_METRICS}
+TRAIN_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "embedforge_train_loss": ("gauge", "training loss of the last logged step", ("stage", "task", "dataset")),
+    "embedforge_train_lr": ("gauge", "learning rate", ("stage",)),
+    "embedforge_train_step": ("gauge", "optimizer steps done", ("stage",)),
+    "embedforge_train_examples_total": ("counter", "training examples consumed", ("stage",)),
+    "embedforge_train_tokens_total": ("counter", "non-padding tokens embedded", ("stage",)),
+    "embedforge_train_examples_per_second": ("gauge", "examples per second (all ranks)", ("stage",)),
+    "embedforge_train_tokens_per_second": ("gauge", "tokens per second (all ranks)", ("stage",)),
+}
+
+ALL_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {**SYNTH_METRICS, **MINE_METRICS,
+                                                            **TRAIN_METRICS}
 
 
 @cache
@@ -47,3 +58,7 @@ def inc(name: str, value: float, tags: dict[str, str] | None = None) -> None:
     """Increment a counter; a no-op for zero (Ray rejects non-positive counter increments)."""
     if value > 0:
         get_metric(name).inc(value, tags=tags or {})
+
+
+def set_gauge(name: str, value: float, tags: dict[str, str] | None = None) -> None:
+    get_metric(name).set(value, tags=tags or {})

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ..config import ConfigSection
-from ..synth.rules import difference, normalize
+from ..text import normalize, within_difference
 
 
 class SelectionSettings(ConfigSection):
@@ -82,7 +82,7 @@ def threshold(positive_score: float, margin: float) -> float:
 
 def is_near_duplicate(text: str, positives: list[str], max_diff: float) -> bool:
     n = normalize(text)
-    return any(n == normalize(p) or difference(text, p) < max_diff for p in positives)
+    return any(n == normalize(p) or within_difference(text, p, max_diff) for p in positives)
 
 
 def select(positives: list[str], positive_score: float, candidates: list[Candidate],

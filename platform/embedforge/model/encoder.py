@@ -79,13 +79,46 @@ def pool(hidden: Any, mask: Any, mode: str, left_padded: bool) -> Any:
     raise ValueError(f"unknown pooling {mode!r}")
 
 
+DECODER_TYPES = ("qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3", "phi3")
+
+
+def load_backbone(path: str, bidirectional: bool = False, dtype: Any = None) -> tuple[Any, Any, bool]:
+    """(AutoModel, tokenizer, is_decoder) with the padding side and attention the pooling needs.
+
+    Decoders pad on the left (last-token pooling reads position -1) and, when
+    ``bidirectional``, get ``config.is_causal = False`` (saved with the model, so an export
+    reloads bidirectional wherever it is loaded).
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(path)
+    is_decoder = bool(getattr(cfg, "is_decoder", False)) or cfg.model_type in DECODER_TYPES
+    if is_decoder and bidirectional:
+        cfg.is_causal = False
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left" if is_decoder else "right"
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModel.from_pretrained(path, config=cfg, **kwargs)
+    return model, tokenizer, is_decoder
+
+
+def resolve_pooling(path: str, is_decoder: bool, pooling: str = "auto") -> str:
+    if pooling != "auto":
+        return pooling
+    return _st_pooling(path) or ("last_token" if is_decoder else "mean")
+
+
+def default_max_length(path: str, tokenizer: Any) -> int:
+    return _st_max_length(path) or min(512, int(getattr(tokenizer, "model_max_length", 512) or 512))
+
+
 class Encoder:
     """``encode(texts) -> np.ndarray [N, D]`` with length-sorted batches."""
 
     def __init__(self, settings: EncoderSettings):
         import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         self.s = settings
         device = settings.device
         if device == "auto":
@@ -93,24 +126,13 @@ class Encoder:
         self.device = torch.device(device)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32}[settings.dtype]
-        cfg = AutoConfig.from_pretrained(settings.model)
-        self.is_decoder = bool(getattr(cfg, "is_decoder", False)) or cfg.model_type in (
-            "qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "phi3")
-        if self.is_decoder and settings.bidirectional:
-            cfg.is_causal = False
-        self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left" if self.is_decoder else "right"
-        self.model = AutoModel.from_pretrained(settings.model, config=cfg, dtype=dtype).to(self.device)
+        self.model, self.tokenizer, self.is_decoder = load_backbone(
+            settings.model, settings.bidirectional, dtype)
+        self.model = self.model.to(self.device)
         self.model.eval()
-        pooling = settings.pooling
-        if pooling == "auto":
-            pooling = _st_pooling(settings.model) or ("last_token" if self.is_decoder else "mean")
-        self.pooling = pooling
-        self.max_length = settings.max_length or _st_max_length(settings.model) or min(
-            512, int(getattr(self.tokenizer, "model_max_length", 512) or 512))
-        self.dim = int(getattr(cfg, "hidden_size", 0))
+        self.pooling = resolve_pooling(settings.model, self.is_decoder, settings.pooling)
+        self.max_length = settings.max_length or default_max_length(settings.model, self.tokenizer)
+        self.dim = int(getattr(self.model.config, "hidden_size", 0))
 
     def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         import torch

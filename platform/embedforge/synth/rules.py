@@ -7,80 +7,13 @@ is counted in the job's rejections and drives a regeneration.
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections import Counter
-from difflib import SequenceMatcher
+
+from ..text import difference, is_cjk, language_of, normalize, script_of, tokens
+
+__all__ = ["difference", "is_cjk", "language_of", "normalize", "script_of", "tokens"]
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?。！？；;])\s*")
 _WS = re.compile(r"\s+")
-_PUNCT_CATS = ("P", "S")
-
-
-def normalize(text: str) -> str:
-    """Lower-case, NFKC, punctuation and whitespace removed: for dedup and identity checks."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    kept = [c for c in text if not unicodedata.category(c).startswith(_PUNCT_CATS)]
-    return _WS.sub(" ", "".join(kept)).strip()
-
-
-def script_of(ch: str) -> str | None:
-    o = ord(ch)
-    if 0x3040 <= o <= 0x30FF:
-        return "kana"
-    if 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF:
-        return "han"
-    if 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF:
-        return "hangul"
-    if 0x0400 <= o <= 0x04FF:
-        return "cyrillic"
-    if 0x0600 <= o <= 0x06FF:
-        return "arabic"
-    if 0x0900 <= o <= 0x097F:
-        return "devanagari"
-    if 0x0E00 <= o <= 0x0E7F:
-        return "thai"
-    if 0x0370 <= o <= 0x03FF:
-        return "greek"
-    if 0x0590 <= o <= 0x05FF:
-        return "hebrew"
-    if ch.isalpha() and o < 0x0250:
-        return "latin"
-    return None
-
-
-def language_of(text: str) -> str:
-    """Dominant writing system ('zh', 'ja', 'ko', 'latin', 'cyrillic', …; 'unknown').
-
-    Script-based on purpose: cheap, dependency-free and right for the check we need (did the
-    LLM answer in the input's language family), where word-level language ID on short texts is
-    noisy.
-    """
-    counts = Counter(s for s in map(script_of, text) if s)
-    if not counts:
-        return "unknown"
-    if counts["kana"] > 0:
-        return "ja"
-    top = counts.most_common(1)[0][0]
-    return {"han": "zh", "hangul": "ko"}.get(top, top)
-
-
-def is_cjk(text: str) -> bool:
-    return language_of(text) in ("zh", "ja", "ko")
-
-
-def tokens(text: str) -> list[str]:
-    """Words for space-separated scripts, characters for CJK."""
-    if is_cjk(text):
-        return [c for c in normalize(text) if not c.isspace()]
-    return normalize(text).split()
-
-
-def difference(a: str, b: str) -> float:
-    """1 - similarity of the token sequences (0 = identical, 1 = nothing in common)."""
-    ta, tb = tokens(a), tokens(b)
-    if not ta and not tb:
-        return 0.0
-    return 1.0 - SequenceMatcher(None, ta, tb, autojunk=False).ratio()
 
 
 def sentences(text: str) -> list[str]:

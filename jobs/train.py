@@ -1,0 +1,32 @@
+"""Train: two-stage contrastive fine-tuning on Ray Train + DeepSpeed, then export.
+
+    python jobs/train.py --config jobs/configs/local-cpu.yaml            # laptop, CPU, gloo
+    python jobs/train.py --config jobs/configs/qzhou-7b.yaml --run 2     # cluster, stage 2 only
+    ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/qzhou-7b.yaml
+
+Re-running the same command resumes an interrupted stage from its last checkpoint and skips
+finished ones. The final model (OUTPUT/model) loads in sentence-transformers and transformers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from embedforge.config import parse_config, run_cli
+from embedforge.train.config import TrainConfig
+from embedforge.train.run import run_train
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TrainConfig, argv)
+    summary = run_train(cfg)
+    for s in summary["stages"]:
+        final = s.get("final") or {}
+        print(f"[train] stage {s['stage']}: {s['steps']} steps, final loss {final.get('loss')}, "
+              f"{final.get('examples_per_s')} ex/s, {s['seconds']} s -> {s['model']}")
+    print(f"[train] model: {summary['model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(sys.argv[1:]))

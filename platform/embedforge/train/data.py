@@ -1,0 +1,232 @@
+"""Training data: unified samples -> one memory-mapped Arrow file per dataset -> text batches.
+
+The driver streams the stage's input Parquet once, file by file, into one Arrow IPC file per
+dataset (``DIR/data/<dataset>.arrow`` + ``manifest.json``). Workers memory-map those files:
+the batch sampler needs random access by row (one dataset per batch, p ∝ n^α), which a
+sequential Ray Data stream cannot give, and a memory map touches only the pages of the rows
+a batch uses, so no process ever holds the corpus in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import io as eio
+from ..config import ConfigError
+from ..data.classification import draw_positive_and_negatives
+from ..data.instructions import format_query
+from .sampler import DatasetInfo
+
+COLUMNS = ("id", "instruction", "query", "positive", "negatives", "score", "label")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _sample_files(path: str) -> list[str]:
+    for cand in (eio.join(path, "samples"), path):
+        files = [cand] if cand.endswith(".parquet") else eio.list_files(cand, ".parquet")
+        if files:
+            return files
+    raise ConfigError(f"no unified samples (Parquet) under {path}")
+
+
+def _check(table: pa.Table, kind: str, path: str) -> None:
+    """Reject rows a loss cannot use, naming the file, row id and field."""
+    ids = table.column("id").to_pylist()
+    if kind in ("retrieval", "pair"):
+        for col in ("query", "positive"):
+            bad = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(col))), 0)
+            if pc.any(bad).as_py():
+                i = bad.to_pylist().index(True)
+                raise ConfigError(f"{path}: sample id={ids[i]} ({kind}): field {col!r} is empty")
+    if kind == "pair" and table.column("score").null_count:
+        i = table.column("score").is_null().to_pylist().index(True)
+        raise ConfigError(f"{path}: sample id={ids[i]} (pair): field 'score' is null")
+    if kind == "classification" and table.column("label").null_count:
+        i = table.column("label").is_null().to_pylist().index(True)
+        raise ConfigError(f"{path}: sample id={ids[i]} (classification): field 'label' is null")
+
+
+def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Write ``out_dir/<dataset>.arrow`` per (dataset, kind) of ``inputs``; returns the manifest.
+
+    Idempotent: an existing ``manifest.json`` whose inputs match is reused as is.
+    """
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    key = {"inputs": inputs, "kinds": list(kinds)}
+    if os.path.exists(manifest_path):
+        old = eio.read_json(manifest_path)
+        if old.get("key") == key:
+            return old["datasets"]
+    os.makedirs(out_dir, exist_ok=True)
+    writers: dict[tuple[str, str], pa.ipc.RecordBatchFileWriter] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    for inp in inputs:
+        for path in _sample_files(inp):
+            fs, p = eio._fs_and_path(path)
+            table = pq.read_table(p, filesystem=fs)
+            for (dataset, kind), part in _groups(table):
+                if kind not in kinds:
+                    continue
+                _check(part, kind, path)
+                part = part.select(COLUMNS)
+                k = (dataset, kind)
+                if k not in writers:
+                    name = _safe(dataset if kind == "retrieval" else f"{dataset}.{kind}")
+                    writers[k] = pa.ipc.new_file(os.path.join(out_dir, f"{name}.arrow.tmp"), part.schema)
+                writers[k].write_table(part)
+                sizes[k] = sizes.get(k, 0) + part.num_rows
+    datasets = []
+    for (dataset, kind), w in writers.items():
+        w.close()
+        name = _safe(dataset if kind == "retrieval" else f"{dataset}.{kind}")
+        os.replace(os.path.join(out_dir, f"{name}.arrow.tmp"), os.path.join(out_dir, f"{name}.arrow"))
+        datasets.append({"name": dataset, "kind": kind, "size": sizes[(dataset, kind)],
+                         "file": f"{name}.arrow"})
+    if not datasets:
+        raise ConfigError(f"no {'/'.join(kinds)} samples in {inputs}")
+    datasets.sort(key=lambda d: (d["kind"], d["name"]))
+    eio.write_json({"key": key, "datasets": datasets}, manifest_path)
+    return datasets
+
+
+def _groups(table: pa.Table):
+    ds, kd = table.column("dataset"), table.column("kind")
+    for pair in sorted({(a, b) for a, b in zip(ds.to_pylist(), kd.to_pylist(), strict=True)}):
+        mask = pc.and_(pc.equal(ds, pair[0]), pc.equal(kd, pair[1]))
+        yield pair, table.filter(mask)
+
+
+@dataclass
+class TextBatch:
+    """One rank's share of a batch, as texts ready for the tokenizer (instructions applied)."""
+
+    dataset: str
+    kind: str
+    queries: list[str]
+    positives: list[str]
+    negatives: list[str] = field(default_factory=list)  # B*K, padding slots are ""
+    neg_mask: list[bool] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    neg_labels: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    @property
+    def num_negatives(self) -> int:
+        return len(self.negatives) // max(len(self.queries), 1)
+
+
+class TrainData:
+    """Memory-mapped datasets of one stage + the text batches the sampler asks for."""
+
+    def __init__(self, data_dir: str, manifest: list[dict[str, Any]], num_negatives: int,
+                 seed: int = 0):
+        self.dir = _local_copy(data_dir)
+        self.manifest = manifest
+        self.k = num_negatives
+        self.seed = seed
+        self._tables: dict[int, pa.Table] = {}
+        self._class_index: dict[int, tuple[list[str], list[str], dict[str, list[int]], dict[str, int]]] = {}
+
+    @cached_property
+    def infos(self) -> list[DatasetInfo]:
+        return [DatasetInfo(d["name"], d["kind"], int(d["size"])) for d in self.manifest]
+
+    def table(self, i: int) -> pa.Table:
+        if i not in self._tables:
+            source = pa.memory_map(os.path.join(self.dir, self.manifest[i]["file"]), "r")
+            self._tables[i] = pa.ipc.open_file(source).read_all()  # zero-copy views of the map
+        return self._tables[i]
+
+    def k_of(self, i: int) -> int:
+        """Negative slots per sample of dataset ``i``: the configured K, or fewer when no sample
+        has that many (no forward passes over padding for datasets without negatives)."""
+        if self.infos[i].kind != "retrieval":
+            return self.k
+        lengths = pc.list_value_length(self.table(i).column("negatives"))
+        return min(self.k, int(pc.max(lengths).as_py() or 0))
+
+    def keys(self, i: int) -> list[frozenset[str]]:
+        """Texts that must not repeat inside a batch, per row of dataset ``i``."""
+        t = self.table(i)
+        kind = self.infos[i].kind
+        q = t.column("query").to_pylist()
+        if kind == "classification":
+            return [frozenset((x,)) for x in q]
+        p = t.column("positive").to_pylist()
+        if kind == "pair":  # the swapped copy of a pair may share a batch; the same pair may not
+            return [frozenset(("\x1f".join(sorted((a, b))),)) for a, b in zip(q, p, strict=True)]
+        negs = t.column("negatives").to_pylist()
+        k = self.k_of(i)
+        return [frozenset((a, b, *n[:k])) for a, b, n in zip(q, p, negs, strict=True)]
+
+    def _classes(self, i: int) -> tuple[list[str], list[str], dict[str, list[int]], dict[str, int]]:
+        if i not in self._class_index:
+            t = self.table(i)
+            texts, labels = t.column("query").to_pylist(), [str(x) for x in t.column("label").to_pylist()]
+            by: dict[str, list[int]] = {}
+            for j, lab in enumerate(labels):
+                by.setdefault(lab, []).append(j)
+            ids = {lab: n for n, lab in enumerate(sorted(by))}
+            self._class_index[i] = (texts, labels, by, ids)
+        return self._class_index[i]
+
+    def batch(self, i: int, rows: list[int], step: int) -> TextBatch:
+        info = self.infos[i]
+        t = self.table(i).take(rows).to_pydict()
+        instr = t["instruction"]
+        if info.kind == "pair":
+            return TextBatch(info.name, "pair", [format_query(a, x) for a, x in zip(instr, t["query"], strict=True)],
+                             [format_query(a, x) for a, x in zip(instr, t["positive"], strict=True)],
+                             scores=[float(s) for s in t["score"]])
+        if info.kind == "retrieval":
+            negs, mask = [], []
+            k = self.k_of(i)
+            for n in t["negatives"]:
+                n = list(n[:k])
+                negs.extend(n + [""] * (k - len(n)))
+                mask.extend([True] * len(n) + [False] * (k - len(n)))
+            return TextBatch(info.name, "retrieval",
+                             [format_query(a, x) for a, x in zip(instr, t["query"], strict=True)],
+                             list(t["positive"]), negs, mask)
+        texts, labels, by, ids = self._classes(i)
+        queries, positives, negs, mask, labs, nlabs = [], [], [], [], [], []
+        label_of = {x: lab for x, lab in zip(texts, labels, strict=True)}
+        for row, a in zip(rows, instr, strict=True):
+            rng = random.Random(f"{self.seed}:{step}:{row}")
+            drawn = draw_positive_and_negatives(texts, labels, row, self.k, rng, by)
+            pos, n = drawn if drawn else (texts[row], [])  # a class of one: the anchor itself
+            queries.append(format_query(a, texts[row]))
+            positives.append(format_query(a, pos))
+            negs.extend([format_query(a, x) for x in n] + [""] * (self.k - len(n)))
+            mask.extend([True] * len(n) + [False] * (self.k - len(n)))
+            labs.append(ids[labels[row]])
+            nlabs.extend([ids[label_of[x]] for x in n] + [-1] * (self.k - len(n)))
+        return TextBatch(info.name, "classification", queries, positives, negs, mask, labs, nlabs)
+
+
+def _local_copy(data_dir: str) -> str:
+    """Memory maps need a local file: remote (fsspec) data dirs are copied once per node."""
+    if "://" not in data_dir or data_dir.startswith("file://"):
+        return data_dir.removeprefix("file://")
+    target = os.path.join(tempfile.gettempdir(), "embedforge-train", _safe(data_dir))
+    if not os.path.exists(os.path.join(target, "manifest.json")):
+        fs, p = eio._fs_and_path(data_dir)
+        tmp = target + f".tmp{os.getpid()}"
+        fs.get(p, tmp, recursive=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target

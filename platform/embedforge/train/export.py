@@ -1,0 +1,94 @@
+"""Checkpoint -> a folder that sentence-transformers, transformers and our Encoder all load.
+
+The export is a plain sentence-transformers folder: HF weights + tokenizer at the root, then
+Pooling (the trained mode) and Normalize modules, ``max_seq_length``, and the query/document
+prompts in ``config_sentence_transformers.json``. Bidirectional decoders carry
+``is_causal: false`` in ``config.json``, so they load bidirectional anywhere.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from typing import Any
+
+from ..data.instructions import format_instruction
+from .config import ModelSettings
+from .model import EmbeddingModel, build_model
+
+ST_POOLING = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}
+
+
+def consolidated_state_dict(ckpt_dir: str, zero_stage: int, tag: str = "ckpt") -> dict[str, Any]:
+    """fp32 weights of the whole model from a DeepSpeed checkpoint (ZeRO partitions merged)."""
+    import torch
+
+    if zero_stage == 0:
+        (path,) = glob.glob(os.path.join(ckpt_dir, tag, "mp_rank_00_model_states.pt"))
+        return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+
+
+def load_trained(settings: ModelSettings, init_path: str, state: dict[str, Any]) -> tuple[EmbeddingModel, Any]:
+    model, tok = build_model(settings, init_path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    real_missing = [k for k in missing if "lora_" not in k or settings.lora.enabled]
+    if real_missing or unexpected:
+        raise RuntimeError(f"checkpoint does not fit the model: missing {real_missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return model, tok
+
+
+def export_model(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings, out_dir: str,
+                 query_instruction: str | None = None) -> str:
+    """Write ``out_dir`` (replacing it atomically); returns it."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    backbone = model.backbone
+    if settings.lora.enabled:
+        backbone.save_pretrained(os.path.join(tmp, "adapter"))  # the adapter alone, for PEFT users
+        if not settings.lora.merge_on_export:
+            return _finish(tmp, out_dir)
+        backbone = backbone.merge_and_unload()
+    hf = os.path.join(tmp, "hf")
+    backbone.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    modules = [Transformer(hf, max_seq_length=settings.passage_max_length),
+               Pooling(int(backbone.config.hidden_size), pooling_mode=ST_POOLING[model.pooling])]
+    if settings.normalize:
+        modules.append(Normalize())
+    prompts = {"query": format_instruction(query_instruction) if query_instruction else "",
+               "document": ""}
+    st = SentenceTransformer(modules=modules, prompts=prompts, similarity_fn_name="cosine", device="cpu")
+    st.save(os.path.join(tmp, "st"))
+    for name in os.listdir(os.path.join(tmp, "st")):
+        shutil.move(os.path.join(tmp, "st", name), os.path.join(tmp, name))
+    shutil.rmtree(os.path.join(tmp, "st"))
+    shutil.rmtree(hf)
+    with open(os.path.join(tmp, "embedforge.json"), "w") as fh:
+        json.dump({"pooling": model.pooling, "normalize": settings.normalize,
+                   "bidirectional": settings.bidirectional,
+                   "query_max_length": settings.query_max_length,
+                   "passage_max_length": settings.passage_max_length,
+                   "prompt_template": "Instruct: {task}\\nQuery: ", "prompts": prompts}, fh, indent=2)
+    return _finish(tmp, out_dir)
+
+
+def _finish(tmp: str, out_dir: str) -> str:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def export_checkpoint(ckpt_dir: str, settings: ModelSettings, init_path: str, zero_stage: int,
+                      out_dir: str, query_instruction: str | None = None) -> str:
+    state = consolidated_state_dict(ckpt_dir, zero_stage)
+    model, tok = load_trained(settings, init_path, state)
+    return export_model(model, tok, settings, out_dir, query_instruction)

@@ -1,0 +1,140 @@
+"""Driver side of `jobs/train.py`: materialise data, run each stage on Ray Train, export.
+
+Stage folders are the unit of resumption: ``stageN/model/`` (an export) marks a finished
+stage and is skipped; an unfinished stage re-run with the same command resumes from its last
+checkpoint (Ray Train's run ``name`` + ``storage_path``), and worker failures inside a run are
+retried from the last checkpoint by ``FailureConfig``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from .. import io as eio
+from ..cluster import connect
+from ..schema import KINDS
+from .config import TrainConfig
+from .data import materialize
+
+
+def _abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _query_instruction(manifest: list[dict[str, Any]], data_dir: str) -> str | None:
+    """The most common retrieval instruction of the stage's data (the export's default query prompt)."""
+    import pyarrow as pa
+
+    counts: Counter[str] = Counter()
+    for d in manifest:
+        if d["kind"] == "retrieval":
+            with pa.memory_map(os.path.join(data_dir, d["file"]), "r") as src:
+                col = pa.ipc.open_file(src).read_all().column("instruction").to_pylist()
+            counts.update(x for x in col if x)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
+              fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train stage ``n`` from ``init_path`` (must run inside a Ray connection); returns its summary."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .loop import train_worker
+
+    st = cfg.stage1 if n == 1 else cfg.stage2
+    stage_dir = _abs(eio.join(cfg.output, f"stage{n}"))
+    model_dir = os.path.join(stage_dir, "model")
+    summary_path = os.path.join(stage_dir, "summary.json")
+    if os.path.exists(os.path.join(model_dir, "modules.json")) and os.path.exists(summary_path):
+        log(f"[train] stage {n}: finished earlier ({model_dir}), skipped")
+        return eio.read_json(summary_path)
+    t0 = time.time()
+    kinds = ("retrieval",) if n == 1 else KINDS
+    data_dir = os.path.join(stage_dir, "data")
+    manifest = materialize([_abs(x) for x in st.inputs], data_dir, kinds)
+    log(f"[train] stage {n}: " + ", ".join(f"{d['name']} ({d['kind']}, {d['size']})" for d in manifest))
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = cfg.use_gpu == "yes" or (cfg.use_gpu == "auto" and gpus > 0)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": n, "init": init_path,
+                           "data_dir": data_dir, "manifest": manifest, "use_gpu": use_gpu,
+                           "metrics_log": os.path.join(stage_dir, "metrics.jsonl"), **(fault or {})},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"stage{n}", storage_path=os.path.join(stage_dir, "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    ckpt = result.checkpoint
+    if ckpt is None:
+        raise RuntimeError(f"stage {n} ended without a checkpoint")
+    instruction = _query_instruction(manifest, data_dir)
+
+    @ray.remote(num_cpus=1)
+    def export(checkpoint: Any) -> str:  # on a worker node: the driver may lack the memory
+        from .export import export_checkpoint
+
+        with checkpoint.as_directory() as d:
+            return export_checkpoint(d, cfg.model, init_path, cfg.deepspeed.zero_stage, model_dir,
+                                     instruction)
+
+    ray.get(export.remote(ckpt))
+    history = eio.read_jsonl(os.path.join(stage_dir, "metrics.jsonl"))
+    summary = {"stage": n, "init": init_path, "model": model_dir, "datasets": manifest,
+               "steps": st.steps, "final": result.metrics, "history_rows": len(history),
+               "seconds": round(time.time() - t0, 1), "checkpoint": ckpt.path}
+    _plot(history, os.path.join(stage_dir, "loss.png"), n)
+    eio.write_json(summary, summary_path)
+    log(f"[train] stage {n}: exported {model_dir} (final loss {result.metrics.get('loss')})")
+    return summary
+
+
+def run_train(cfg: TrainConfig, log=print, fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    stages = {"1": [1], "2": [2], "both": [1, 2]}[cfg.run]
+    out: dict[str, Any] = {"stages": []}
+    with connect(cfg.ray_address, cfg.num_cpus):
+        init = cfg.model.model
+        for n in stages:
+            if n == 2 and 1 in stages:
+                init = out["stages"][-1]["model"]  # stage 2 starts from stage 1's weights
+            elif n == 2:
+                s1 = os.path.join(_abs(eio.join(cfg.output, "stage1")), "model")
+                init = s1 if os.path.exists(os.path.join(s1, "modules.json")) else init
+            out["stages"].append(run_stage(cfg, n, init, log, fault))
+    final = out["stages"][-1]["model"]
+    out["model"] = final
+    eio.write_json(out, eio.join(cfg.output, "summary.json"))
+    return out
+
+
+def _plot(history: list[dict[str, Any]], path: str, n: int) -> None:
+    """Loss per task over steps: the curve a person checks first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tasks = sorted({r["task"] for r in history})
+    for t in tasks:
+        rows = [r for r in history if r["task"] == t]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", label=t)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"stage {n} training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

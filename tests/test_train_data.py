@@ -1,0 +1,72 @@
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedforge.config import ConfigError
+from embedforge.schema import Sample, rows_to_table
+from embedforge.train.data import TrainData, materialize
+from embedforge.train.sampler import BatchPlan
+
+
+def write_samples(folder, samples):
+    os.makedirs(folder / "samples", exist_ok=True)
+    pq.write_table(rows_to_table([s.to_row() for s in samples]), folder / "samples" / "part-0.parquet")
+    return str(folder)
+
+
+def fixture_samples():
+    out = []
+    for i in range(8):
+        out.append(Sample(dataset="docs", kind="retrieval", instruction="Find the doc", query=f"q{i}",
+                          positive=f"d{i}", negatives=[f"n{i}a", f"n{i}b"][: i % 3]))
+        out.append(Sample(dataset="sts", kind="pair", query=f"a{i}", positive=f"b{i}", score=i % 3,
+                          meta={"range": [0, 2]}))
+        out.append(Sample(dataset="intent", kind="classification", instruction="Classify",
+                          query=f"text {i}", label=f"L{i % 3}"))
+    return out
+
+
+def test_materialize_groups_by_dataset_and_kind(tmp_path):
+    src = write_samples(tmp_path / "in", fixture_samples())
+    manifest = materialize([src], str(tmp_path / "data"), ("retrieval", "pair", "classification"))
+    assert {(d["name"], d["kind"], d["size"]) for d in manifest} == {
+        ("docs", "retrieval", 8), ("sts", "pair", 8), ("intent", "classification", 8)}
+    only = materialize([src], str(tmp_path / "data1"), ("retrieval",))
+    assert [d["kind"] for d in only] == ["retrieval"]
+
+
+def test_batches_apply_instructions_pad_negatives_and_draw_same_label_positives(tmp_path):
+    src = write_samples(tmp_path / "in", fixture_samples())
+    manifest = materialize([src], str(tmp_path / "data"), ("retrieval", "pair", "classification"))
+    data = TrainData(str(tmp_path / "data"), manifest, num_negatives=3)
+    idx = {d.name: i for i, d in enumerate(data.infos)}
+    r = data.batch(idx["docs"], [0, 1, 2], step=0)
+    assert r.queries[0] == "Instruct: Find the doc\nQuery: q0" and r.positives[0] == "d0"
+    assert data.k_of(idx["docs"]) == 2  # no sample has 3 negatives: 2 slots, not 3
+    assert r.negatives == ["", "", "n1a", "", "n2a", "n2b"]
+    assert r.neg_mask == [False, False, True, False, True, True]
+    c = data.batch(idx["intent"], [0, 1, 2, 3], step=5)
+    for q, p, lab in zip(c.queries, c.positives, c.labels, strict=True):
+        assert q.startswith("Instruct: Classify\nQuery: ") and p != q
+        assert lab == int(p[-1]) % 3  # "text i" has label L(i % 3)
+    assert all(nl != lab for lab, nl in zip(c.labels, [c.neg_labels[i * 3] for i in range(4)], strict=True))
+    again = data.batch(idx["intent"], [0, 1, 2, 3], step=5)
+    assert again.positives == c.positives  # draws are a function of (seed, step, row)
+    p = data.batch(idx["sts"], [0, 1], step=0)
+    assert p.scores == [0.0, 1.0] and p.negatives == []
+    plan = BatchPlan(data.infos, {"retrieval": 4, "pair": 4, "classification": 4}, keys_of=data.keys)
+    assert all(len(plan.batch(s)[1]) == 4 for s in range(20))
+
+
+def test_bad_rows_are_named(tmp_path):
+    bad = rows_to_table([Sample(dataset="sts", kind="pair", query="a", positive="b", score=1,
+                                meta={"range": [0, 5]}).to_row()])
+    bad = bad.set_column(bad.schema.get_field_index("score"), "score", pa.array([None], pa.float64()))
+    os.makedirs(tmp_path / "in" / "samples")
+    pq.write_table(bad, tmp_path / "in" / "samples" / "p.parquet")
+    with pytest.raises(ConfigError, match=r"id=.*\(pair\): field 'score' is null"):
+        materialize([str(tmp_path / "in")], str(tmp_path / "data"), ("pair",))
+    with pytest.raises(ConfigError, match="no unified samples"):
+        materialize([str(tmp_path / "nothing")], str(tmp_path / "d2"), ("pair",))
