@@ -248,3 +248,35 @@ def run_cli(main: typing.Callable[[], int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code or 0)
+
+
+def named_option(item: str, flag: str, by_name: dict[str, dict[str, Any]],
+                 what: str) -> tuple[dict[str, Any], str, str]:
+    """``NAME.KEY=VALUE`` of a per-item flag -> (the named item's dict, KEY, VALUE).
+
+    Shared by ``--option``/``--map`` of prepare (sources) and evaluate (tasks); the error names
+    the flag and the defined items.
+    """
+    left, eq, value = item.partition("=")
+    name, dot, key = left.partition(".")
+    if not (eq and dot and name and key):
+        raise ConfigError(f"{flag} expects NAME.KEY=VALUE, got {item!r}")
+    if name not in by_name:
+        raise ConfigError(f"{flag} {item!r} names {what} {name!r}, which is not defined "
+                          f"({what}s: {', '.join(map(str, by_name)) or 'none'})")
+    return by_name[name], key.strip(), value
+
+
+def safe_name(v: str, what: str) -> str:
+    """A source/task name usable in paths and ``NAME=...`` flags."""
+    if not v or any(c in v for c in "/\\ \t\n=:"):
+        raise ValueError(f"{what} name {v!r} must be non-empty without '/', ':', '=' or spaces")
+    return v
+
+
+def parse_range(v: Any) -> Any:
+    """``"0-5"``, ``"0..5"`` or ``"0,5"`` -> ``(0.0, 5.0)``; anything else unchanged."""
+    if isinstance(v, str):
+        parts = v.split(",") if "," in v else v.replace("..", "-").split("-")
+        return tuple(float(x) for x in parts if x.strip())
+    return v

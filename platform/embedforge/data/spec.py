@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..config import parse_range, safe_name
+
 FORMAT_NAMES = (
     "beir", "title_body", "qa", "reading", "claim", "sts", "nli", "pair_label", "classification",
 )
@@ -51,17 +53,12 @@ class SourceSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\ \t\n=:"):
-            raise ValueError(f"source name {v!r} must be non-empty without '/', ':', '=' or spaces")
-        return v
+        return safe_name(v, "source")
 
     @field_validator("score_range", mode="before")
     @classmethod
     def _parse_range(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            parts = v.replace("..", "-").split("-") if "," not in v else v.split(",")
-            return tuple(float(p) for p in parts if p.strip())
-        return v
+        return parse_range(v)
 
 
 def parse_source_arg(text: str) -> SourceSpec:

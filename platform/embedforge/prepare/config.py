@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from ..config import ConfigError, JobConfig, _parse_scalar
+from ..config import ConfigError, JobConfig, _parse_scalar, named_option
 from ..data.spec import SourceSpec, parse_source_arg
 
 
@@ -70,14 +70,7 @@ class PrepareConfig(JobConfig):
         by_name = {s.get("name"): s for s in sources}
 
         def target(item: str, flag: str) -> tuple[dict[str, Any], str, str]:
-            left, eq, value = item.partition("=")
-            name, dot, key = left.partition(".")
-            if not (eq and dot and name and key):
-                raise ConfigError(f"{flag} expects NAME.KEY=VALUE, got {item!r}")
-            if name not in by_name:
-                raise ConfigError(f"{flag} {item!r} names source {name!r}, which is not defined "
-                                  f"(sources: {', '.join(map(str, by_name)) or 'none'})")
-            return by_name[name], key.strip(), value
+            return named_option(item, flag, by_name, "source")
 
         for item in ns.map:
             spec, role, column = target(item, "--map")

@@ -60,7 +60,7 @@ class LossSettings(ConfigSection):
 
 
 class DeepSpeedSettings(ConfigSection):
-    zero_stage: Literal[0, 2, 3] = Field(3, description="ZeRO stage")
+    zero_stage: int = Field(3, ge=0, le=3, description="ZeRO stage (0: data parallel, 2, 3: partitioned)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU")
     gradient_clipping: float = Field(1.0, ge=0)
     offload_optimizer: bool = Field(False, description="ZeRO-Offload optimizer state to CPU")

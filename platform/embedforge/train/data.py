@@ -35,7 +35,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _sample_files(path: str) -> list[str]:
+def sample_files(path: str) -> list[str]:
     for cand in (eio.join(path, "samples"), path):
         files = [cand] if cand.endswith(".parquet") else eio.list_files(cand, ".parquet")
         if files:
@@ -75,7 +75,7 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
     writers: dict[tuple[str, str], pa.ipc.RecordBatchFileWriter] = {}
     sizes: dict[tuple[str, str], int] = {}
     for inp in inputs:
-        for path in _sample_files(inp):
+        for path in sample_files(inp):
             fs, p = eio._fs_and_path(path)
             table = pq.read_table(p, filesystem=fs)
             for (dataset, kind), part in _groups(table):

@@ -17,7 +17,7 @@ from .. import io as eio
 from ..cluster import connect
 from ..schema import KINDS
 from .config import TrainConfig
-from .data import materialize
+from .data import materialize, sample_files
 
 
 def _abs(path: str) -> str:
@@ -102,6 +102,9 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
 def run_train(cfg: TrainConfig, log=print, fault: dict[str, Any] | None = None) -> dict[str, Any]:
     stages = {"1": [1], "2": [2], "both": [1, 2]}[cfg.run]
     out: dict[str, Any] = {"stages": []}
+    for n in stages:  # fail on missing inputs before starting anything
+        for inp in (cfg.stage1 if n == 1 else cfg.stage2).inputs:
+            sample_files(_abs(inp))
     with connect(cfg.ray_address, cfg.num_cpus):
         init = cfg.model.model
         for n in stages:

@@ -1,0 +1,355 @@
+"""Read local evaluation files into plain rows: BEIR folders, STS / pair files, classification.
+
+Pure Python (no mteb, no torch): tests check the capping and splitting rules in milliseconds,
+and :mod:`embedforge.eval.tasks` only wraps the result in mteb datasets. Every sample and split
+is seeded by the task's ``seed``, so two runs (and the baseline run) score the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import io as eio
+from ..config import ConfigError
+from .spec import TaskSpec
+
+ROLE_ALIASES: dict[str, tuple[str, ...]] = {
+    "text1": ("sentence1", "s1", "text1", "text_a", "sentence_a", "query", "question1"),
+    "text2": ("sentence2", "s2", "text2", "text_b", "sentence_b", "positive", "question2"),
+    "score": ("score", "similarity", "relatedness", "label", "labels", "gold_label"),
+    "label": ("label", "labels", "category", "intent", "class", "label_desc", "gold_label"),
+    "text": ("text", "sentence", "query", "content", "title", "input"),
+}
+TRUE_WORDS = frozenset({"1", "1.0", "true", "yes", "y", "t", "entailment", "paraphrase"})
+FALSE_WORDS = frozenset({"0", "0.0", "false", "no", "n", "f", "not_entailment",
+                         "contradiction", "non_paraphrase"})
+
+
+@dataclass
+class ReadStats:
+    """Rows kept and skipped (with a few examples) so a bad file is visible, not silent."""
+
+    kept: int = 0
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def skip(self, where: str, why: str) -> None:
+        self.skipped += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {why}")
+
+
+def _exists(path: str) -> bool:
+    try:
+        return eio.exists(path)
+    except (OSError, ValueError):
+        return False
+
+
+def check_spec(spec: TaskSpec) -> None:
+    """Fail fast, naming the task, when a local task's files are missing (before any model load)."""
+    if not spec.is_local:
+        return
+    if spec.kind == "beir":
+        base = spec.path.rstrip("/")
+        for part in ("corpus.jsonl", "queries.jsonl", f"qrels/{spec.eval_split}.tsv"):
+            if not _exists(f"{base}/{part}"):
+                raise ConfigError(f"task {spec.name!r}: {base}/{part} not found "
+                                  f"(a BEIR folder needs corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+        return
+    for p in [spec.path] + ([spec.test_file] if spec.test_file else []):
+        if not _exists(p):
+            raise ConfigError(f"task {spec.name!r}: file not found: {p}")
+
+
+def _seeded_sample(items: Sequence[Any], k: int | None, seed: int) -> list[Any]:
+    """``k`` items in their original order, chosen by a seeded draw (all when k is None)."""
+    if k is None or k >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), k))
+    return [items[i] for i in keep]
+
+
+# --- BEIR -------------------------------------------------------------------------------------
+
+@dataclass
+class BeirSplit:
+    """Queries, corpus and qrels of one split, after the query limit and the corpus cap."""
+
+    queries: dict[str, str]
+    corpus: list[dict[str, str]]  # {"id", "title", "text"}
+    relevant: dict[str, dict[str, int]]
+    corpus_total: int = 0
+
+
+def cap_corpus(doc_ids: Sequence[str], must_keep: set[str], cap: int | None, seed: int) -> list[str]:
+    """Corpus ids to keep: every id in ``must_keep`` plus a seeded sample up to ``cap``.
+
+    The relevant documents of the evaluated queries are never dropped, whatever the cap (a cap
+    that removed them would score a different task); the cap only thins the distractors.
+    """
+    if cap is None or cap >= len(doc_ids):
+        return list(doc_ids)
+    others = [d for d in doc_ids if d not in must_keep]
+    room = max(0, cap - len(must_keep))
+    chosen = set(_seeded_sample(others, room, seed)) | must_keep
+    return [d for d in doc_ids if d in chosen]
+
+
+def read_beir(spec: TaskSpec) -> BeirSplit:
+    base = spec.path.rstrip("/")
+    split = spec.eval_split
+    queries_all = {str(r["_id"]): str(r.get("text") or "")
+                   for r in eio.read_jsonl(f"{base}/queries.jsonl")}
+    relevant: dict[str, dict[str, int]] = defaultdict(dict)
+    unit = eio.FileUnit(f"{base}/qrels/{split}.tsv")
+    header = eio.read_header(unit.path, "\t")
+    has_header = "query-id" in header or "corpus-id" in header
+    names = ["query-id", "corpus-id", "score"]
+    for rec in eio.iter_records(unit, delimiter="\t", columns=names, has_header=has_header,
+                                line_based=True):
+        if rec.data is None:
+            continue
+        qid, did = str(rec.data["query-id"]).strip(), str(rec.data["corpus-id"]).strip()
+        try:
+            score = int(float(rec.data.get("score") or 1))
+        except ValueError:
+            continue
+        if qid in queries_all and did:
+            relevant[qid][did] = score
+    qids = [q for q in sorted(relevant) if any(s > 0 for s in relevant[q].values())]
+    qids = _seeded_sample(qids, spec.limit, spec.seed)
+    if not qids:
+        raise ConfigError(f"task {spec.name!r}: no query of {base}/queries.jsonl has a relevant "
+                          f"document in qrels/{split}.tsv")
+    corpus_rows = eio.read_jsonl(f"{base}/corpus.jsonl")
+    docs = {str(r["_id"]): r for r in corpus_rows}
+    must_keep = {d for q in qids for d, s in relevant[q].items() if s > 0 and d in docs}
+    kept_ids = cap_corpus(list(docs), must_keep, spec.max_corpus, spec.seed)
+    corpus = [{"id": d, "title": str(docs[d].get("title") or ""), "text": str(docs[d].get("text") or "")}
+              for d in kept_ids]
+    return BeirSplit(queries={q: queries_all[q] for q in qids}, corpus=corpus,
+                     relevant={q: dict(relevant[q]) for q in qids}, corpus_total=len(docs))
+
+
+# --- delimited / JSON rows --------------------------------------------------------------------
+
+def read_rows(path: str, spec: TaskSpec) -> list[dict[str, Any]]:
+    """Rows of a TSV/CSV/TXT/JSONL/JSON/Parquet file as dicts.
+
+    Header-less delimited files get positional keys ``"0"``, ``"1"``… unless ``columns`` names
+    them. Tab-separated files are read one physical line per row (no quoting: STS-B's texts
+    contain quotes), comma-separated ones with the csv module.
+    """
+    ext = eio.base_ext(path)
+    unit = eio.FileUnit(path)
+    if ext not in (".csv", ".tsv", ".txt"):
+        return [r.data for r in eio.iter_records(unit) if r.data is not None]
+    first = eio.first_line(path)
+    delimiter = spec.delimiter or ("\t" if "\t" in first else ",")
+    fields = [f.strip().lstrip("\ufeff").lower() for f in
+              (first.split(delimiter) if delimiter == "\t" else next(_csv_split(first, delimiter)))]
+    known = {a for aliases in ROLE_ALIASES.values() for a in aliases} | set(spec.map.values())
+    header = spec.header if spec.header is not None else bool(set(fields) & known)
+    columns = spec.columns
+    if header and columns is None:
+        columns = [f.strip().lstrip("\ufeff") for f in
+                   (first.split(delimiter) if delimiter == "\t" else next(_csv_split(first, delimiter)))]
+    line_based = delimiter == "\t"
+    rows = []
+    for rec in eio.iter_records(unit, delimiter=delimiter, columns=columns, has_header=header,
+                                line_based=line_based):
+        if rec.data is not None:
+            rows.append({k: (v.lstrip("\ufeff") if isinstance(v, str) else v)
+                         for k, v in rec.data.items()})
+    return rows
+
+
+def _csv_split(line: str, delimiter: str):
+    import csv
+
+    yield from csv.reader([line], delimiter=delimiter)
+
+
+def _role_key(row: dict[str, Any], role: str, spec: TaskSpec, positional: int | None) -> str | None:
+    if role in spec.map:
+        return spec.map[role]
+    lower = {str(k).lower(): k for k in row}
+    for alias in ROLE_ALIASES[role]:
+        if alias in lower:
+            return lower[alias]
+    if positional is not None and str(positional) in row:
+        return str(positional)
+    return None
+
+
+def _pair_positions(row: dict[str, Any]) -> tuple[int, int, int]:
+    """Positional (text1, text2, value) of a header-less pair file.
+
+    STS-B: ``genre file year id score s1 s2 [sources]``; ATEC: ``id s1 s2 label``; the
+    common ``s1 s2 value`` otherwise.
+    """
+    n = len(row)
+    if n >= 7 and _is_float(row.get("4")):
+        return 5, 6, 4
+    if n == 4 and not _is_float(row.get("1")) and _is_float(row.get("3")):
+        return 1, 2, 3
+    return 0, 1, 2
+
+
+def _is_float(v: Any) -> bool:
+    try:
+        float(str(v).strip())
+        return True
+    except ValueError:
+        return False
+
+
+def _is_stsb_layout(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and "4" in rows[0] and _pair_positions(rows[0]) == (5, 6, 4)
+
+
+@dataclass
+class PairRows:
+    text1: list[str]
+    text2: list[str]
+    values: list[float]
+    stats: ReadStats
+    stsb_layout: bool = False
+
+
+def read_pairs(spec: TaskSpec, binary: bool) -> PairRows:
+    """(text1, text2, score) for STS or (text1, text2, 0/1) for pair classification."""
+    rows = read_rows(spec.path, spec)
+    stats = ReadStats()
+    t1: list[str] = []
+    t2: list[str] = []
+    vals: list[float] = []
+    value_role = "label" if binary else "score"
+    for i, row in enumerate(rows, start=1):
+        p1, p2, pv = _pair_positions(row)
+        k1 = _role_key(row, "text1", spec, p1)
+        k2 = _role_key(row, "text2", spec, p2)
+        kv = _role_key(row, value_role, spec, pv)
+        if not (k1 and k2 and kv) or k1 not in row or k2 not in row or kv not in row:
+            stats.skip(f"row {i}", "missing text1/text2/" + value_role)
+            continue
+        a, b = str(row[k1] or "").strip(), str(row[k2] or "").strip()
+        raw = str(row[kv]).strip()
+        if not a or not b:
+            stats.skip(f"row {i}", "empty text")
+            continue
+        if binary:
+            word = raw.lower()
+            if word not in TRUE_WORDS and word not in FALSE_WORDS:
+                stats.skip(f"row {i}", f"label {raw!r} is not 0/1")
+                continue
+            value = 1.0 if word in TRUE_WORDS else 0.0
+        else:
+            try:
+                value = float(raw)
+            except ValueError:
+                stats.skip(f"row {i}", f"score {raw!r} is not a number")
+                continue
+            if math.isnan(value):
+                stats.skip(f"row {i}", "score is NaN")
+                continue
+        t1.append(a)
+        t2.append(b)
+        vals.append(value)
+    keep = _seeded_sample(range(len(t1)), spec.limit, spec.seed)
+    stats.kept = len(keep)
+    if not keep:
+        raise ConfigError(f"task {spec.name!r}: no usable pair in {spec.path} "
+                          f"({stats.skipped} rows skipped, e.g. {stats.examples[:2]})")
+    if binary and len({vals[i] for i in keep}) < 2:
+        raise ConfigError(f"task {spec.name!r}: pair classification needs both labels 0 and 1")
+    return PairRows([t1[i] for i in keep], [t2[i] for i in keep], [vals[i] for i in keep], stats,
+                    stsb_layout=_is_stsb_layout(rows[:1]))
+
+
+def sts_range(spec: TaskSpec, pairs: PairRows) -> tuple[float, float]:
+    """The score range mteb normalises by: the option, 0-5 for the STS-B layout, else min/max."""
+    if spec.score_range:
+        return spec.score_range
+    if pairs.stsb_layout:
+        return 0.0, 5.0
+    lo, hi = min(pairs.values), max(pairs.values)
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+# --- classification ---------------------------------------------------------------------------
+
+@dataclass
+class ClassificationSplits:
+    train_text: list[str]
+    train_label: list[str]
+    test_text: list[str]
+    test_label: list[str]
+    stats: ReadStats
+
+
+def _text_label(rows: list[dict[str, Any]], spec: TaskSpec, stats: ReadStats) -> list[tuple[str, str]]:
+    out = []
+    for i, row in enumerate(rows, start=1):
+        kt = _role_key(row, "text", spec, 0)
+        kl = _role_key(row, "label", spec, 1)
+        if not (kt and kl) or kt not in row or kl not in row:
+            stats.skip(f"row {i}", "missing text/label")
+            continue
+        text, label = str(row[kt] or "").strip(), str(row[kl] if row[kl] is not None else "").strip()
+        if not text or not label:
+            stats.skip(f"row {i}", "empty text or label")
+            continue
+        out.append((text, label))
+    return out
+
+
+def stratified_split(items: Sequence[tuple[str, str]], test_fraction: float,
+                     seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Deterministic per-label split: each label with ≥ 2 rows gives ⌈share⌉ rows to test.
+
+    Per label, so every test label has training examples (mteb's k-shot classifier cannot
+    predict a label it never saw) and the split does not depend on row order across labels.
+    """
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, (_, label) in enumerate(items):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    test_idx: set[int] = set()
+    for label in sorted(by_label):
+        idx = by_label[label][:]
+        rng.shuffle(idx)
+        if len(idx) >= 2:
+            n_test = min(len(idx) - 1, max(1, round(len(idx) * test_fraction)))
+            test_idx.update(idx[:n_test])
+    train = [items[i] for i in range(len(items)) if i not in test_idx]
+    test = [items[i] for i in range(len(items)) if i in test_idx]
+    return train, test
+
+
+def read_classification(spec: TaskSpec) -> ClassificationSplits:
+    """Train/test rows: ``test_file`` when given, else a stratified split of PATH.
+
+    ``limit`` caps the rows read from each file by a seeded draw before splitting.
+    """
+    stats = ReadStats()
+    items = _text_label(read_rows(spec.path, spec), spec, stats)
+    items = _seeded_sample(items, spec.limit, spec.seed)
+    if spec.test_file:
+        train = items
+        test = _seeded_sample(_text_label(read_rows(spec.test_file, spec), spec, stats),
+                              spec.limit, spec.seed)
+    else:
+        train, test = stratified_split(items, spec.test_fraction, spec.seed)
+    stats.kept = len(train) + len(test)
+    if not train or not test:
+        raise ConfigError(f"task {spec.name!r}: classification needs train and test rows, got "
+                          f"{len(train)} / {len(test)} from {spec.path} ({stats.skipped} skipped)")
+    return ClassificationSplits([t for t, _ in train], [lab for _, lab in train],
+                                [t for t, _ in test], [lab for _, lab in test], stats)

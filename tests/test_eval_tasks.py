@@ -1,0 +1,159 @@
+"""Evaluation inputs without a model: task specs, file readers, caps, splits, instructions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from embedforge.config import ConfigError, parse_config
+from embedforge.eval import readers
+from embedforge.eval.config import EvalConfig
+from embedforge.eval.instructions import InstructionMap, applies
+from embedforge.eval.spec import TaskSpec, parse_task_arg
+
+
+def test_parse_task_arg_kinds_and_splits():
+    s = parse_task_arg("scifact=beir:../shared/data/scifact:dev")
+    assert (s.name, s.kind, s.path, s.split, s.eval_split) == (
+        "scifact", "beir", "../shared/data/scifact", "dev", "dev")
+    assert parse_task_arg("x=beir:s3://bucket/scifact").path == "s3://bucket/scifact"
+    assert parse_task_arg("x=beir:s3://bucket/scifact").eval_split == "test"
+    assert parse_task_arg("stsb=sts:a/b.csv").path == "a/b.csv"
+    with pytest.raises(ValueError, match="NAME=KIND:PATH"):
+        parse_task_arg("nope")
+    with pytest.raises(ValueError, match="kind"):
+        parse_task_arg("x=foo:a.csv")
+
+
+def test_config_cli_tasks_options_benchmarks():
+    cfg = parse_config(EvalConfig, [
+        "--encoder.model", "m", "--output", "o", "--no-instructions",
+        "--task", "sci=beir:/d/scifact:dev", "--option", "sci.max_corpus=1000",
+        "--option", "sci.columns=a,b", "--option", "sci.delimiter=\\t",
+        "--benchmark", "MTEB(eng, v2)", "--mteb-task", "STSBenchmark",
+        "--baseline", "runs/old", "--tolerance", "0.02"])
+    t = cfg.tasks[0]
+    assert (t.max_corpus, t.columns, t.delimiter) == (1000, ["a", "b"], "\t")
+    assert cfg.benchmarks == ["MTEB(eng, v2)"]  # the comma inside the name is kept
+    assert cfg.mteb_tasks == ["STSBenchmark"]
+    assert cfg.instructions is False and cfg.tolerance == 0.02
+    with pytest.raises(ConfigError, match="names task 'zz'"):
+        parse_config(EvalConfig, ["--encoder.model", "m", "--output", "o",
+                                  "--task", "a=sts:f.tsv", "--option", "zz.limit=3"])
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config(EvalConfig, ["--encoder.model", "m", "--output", "o",
+                                  "--task", "a=sts:f.tsv", "--task", "a=sts:g.tsv"])
+
+
+def test_cap_corpus_keeps_every_relevant_doc_and_is_seeded():
+    ids = [f"d{i}" for i in range(100)]
+    keep = {"d3", "d97", "d50"}
+    out = readers.cap_corpus(ids, keep, cap=10, seed=1)
+    assert len(out) == 10 and keep <= set(out)
+    assert out == readers.cap_corpus(ids, keep, cap=10, seed=1)
+    assert out != readers.cap_corpus(ids, keep, cap=10, seed=2)
+    assert out == [d for d in ids if d in set(out)]  # corpus order kept
+    # a cap below the relevant set still keeps all of it
+    assert set(readers.cap_corpus(ids, keep, cap=1, seed=1)) == keep
+    assert readers.cap_corpus(ids, keep, cap=None, seed=1) == ids
+
+
+def _beir(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    docs = [{"_id": f"d{i}", "title": f"T{i}", "text": f"text {i}"} for i in range(50)]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
+    qs = [{"_id": f"q{i}", "text": f"query {i}"} for i in range(5)]
+    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in qs))
+    (tmp_path / "qrels" / "dev.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq0\td10\t1\nq0\td11\t1\nq1\td40\t1\nq2\td5\t0\nqX\td1\t1\n")
+    return tmp_path
+
+
+def test_read_beir_caps_corpus_around_the_evaluated_queries(tmp_path):
+    spec = TaskSpec(name="t", kind="beir", path=str(_beir(tmp_path)), split="dev", max_corpus=8)
+    data = readers.read_beir(spec)
+    # q2 has only a 0-relevance qrel and qX is not a query: neither is evaluated
+    assert sorted(data.queries) == ["q0", "q1"]
+    ids = {d["id"] for d in data.corpus}
+    assert len(ids) == 8 and {"d10", "d11", "d40"} <= ids and data.corpus_total == 50
+    assert data.relevant == {"q0": {"d10": 1, "d11": 1}, "q1": {"d40": 1}}
+    one = readers.read_beir(spec.model_copy(update={"limit": 1}))
+    assert len(one.queries) == 1
+
+
+def test_check_spec_names_the_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"task 't'.*qrels/test.tsv"):
+        readers.check_spec(TaskSpec(name="t", kind="beir", path=str(_beir(tmp_path))))
+    with pytest.raises(ConfigError, match="file not found"):
+        readers.check_spec(TaskSpec(name="t", kind="sts", path=str(tmp_path / "no.tsv")))
+
+
+def test_read_pairs_stsb_layout_and_generic_files(tmp_path):
+    stsb = tmp_path / "sts-test.csv"
+    stsb.write_text("main\tMSRvid\t2012test\t0001\t5.000\tA \"girl\" smiles.\tA girl smiles.\n"
+                    "main\tMSRvid\t2012test\t0002\t1.500\tA cat.\tA dog.\tsrc1\tsrc2\n"
+                    "main\tMSRvid\t2012test\t0003\tbad\tx\ty\n")
+    spec = TaskSpec(name="s", kind="sts", path=str(stsb))
+    pairs = readers.read_pairs(spec, binary=False)
+    assert pairs.text1 == ['A "girl" smiles.', "A cat."] and pairs.values == [5.0, 1.5]
+    assert pairs.stats.skipped == 1 and readers.sts_range(spec, pairs) == (0.0, 5.0)
+
+    plain = tmp_path / "zh.txt"
+    plain.write_text("一\t二\t2\n三\t四\t4\n")
+    p2 = readers.read_pairs(TaskSpec(name="z", kind="sts", path=str(plain)), binary=False)
+    assert (p2.text1, p2.values) == (["一", "三"], [2.0, 4.0])
+
+    csv = tmp_path / "bq.csv"
+    csv.write_text("\ufeffsentence1,sentence2,label\n\"a, b\",c,1\nd,e,0\nf,g,maybe\n")
+    p3 = readers.read_pairs(TaskSpec(name="b", kind="pair", path=str(csv)), binary=True)
+    assert (p3.text1, p3.values, p3.stats.skipped) == (["a, b", "d"], [1.0, 0.0], 1)
+
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"s1": "x", "s2": "y", "score": 0.3}\n{"s1": "u", "s2": "v", "score": 0.9}\n')
+    spec4 = TaskSpec(name="j", kind="sts", path=str(jl))
+    p4 = readers.read_pairs(spec4, binary=False)
+    assert p4.values == [0.3, 0.9] and readers.sts_range(spec4, p4) == (0.3, 0.9)
+
+
+def test_stratified_split_is_deterministic_and_keeps_labels_in_train():
+    items = [(f"t{i}", "a") for i in range(10)] + [(f"u{i}", "b") for i in range(5)] + [("v", "c")]
+    train, test = readers.stratified_split(items, 0.2, seed=3)
+    assert (train, test) == readers.stratified_split(items, 0.2, seed=3)
+    assert sorted(lab for _, lab in test) == ["a", "a", "b"]
+    assert {lab for _, lab in train} == {"a", "b", "c"}  # a one-row label stays in train
+    assert len(train) + len(test) == len(items)
+
+
+def test_read_classification_csv_with_limit(tmp_path):
+    f = tmp_path / "train.csv"
+    f.write_text("text,category\n" + "".join(f"text {i},l{i % 4}\n" for i in range(40)))
+    spec = TaskSpec(name="c", kind="classification", path=str(f), limit=20)
+    d = readers.read_classification(spec)
+    assert len(d.train_text) + len(d.test_text) == 20
+    assert set(d.test_label) <= set(d.train_label)
+    assert d == readers.read_classification(spec)
+
+
+def test_instruction_lookup_order_and_sides(tmp_path):
+    imap = InstructionMap.load()
+    # shipped per-task entry beats mteb's own prompt; type default is the last resort
+    assert imap.describe("scifact", "Retrieval", task_prompt="x").startswith("Given a scientific")
+    assert imap.describe("Unknown1", "Retrieval", task_prompt="from mteb") == "from mteb"
+    assert imap.describe("Unknown1", "STS") == "Retrieve semantically similar text"
+    assert imap.describe("scifact", "Retrieval", spec_instruction="mine") == "mine"
+    over = InstructionMap.load(overrides={"scifact": "A", "STS": "B"})
+    assert over.describe("scifact", "Retrieval", spec_instruction="mine") == "A"
+    assert over.describe("stsb", "STS") == "B"
+    # asymmetric retrieval: queries only; symmetric types: both sides
+    assert imap.prefix("scifact", "Retrieval", "document") == ""
+    assert imap.prefix("scifact", "Retrieval", "query").startswith("Instruct: Given a scientific")
+    assert imap.prefix("stsb", "STS", None) == "Instruct: Retrieve semantically similar text\nQuery: "
+    assert applies("PairClassification", "document") and not applies("Reranking", "document")
+    f = tmp_path / "i.yaml"
+    f.write_text("tasks:\n  Mine: Do this\ntypes:\n  STS: Sim\n")
+    custom = InstructionMap.load(str(f))
+    assert custom.describe("mine", "Retrieval") == "Do this" and custom.describe("x", "STS") == "Sim"
+    f.write_text("bogus: 1\n")
+    with pytest.raises(ConfigError, match="tasks"):
+        InstructionMap.load(str(f))
