@@ -448,15 +448,23 @@ def list_files(path: str, suffix: str) -> list[str]:
     return sorted(_unstrip(fs, f) for f in fs.find(p) if f.endswith(suffix))
 
 
+def sample_files(path: str) -> list[str]:
+    """A stage's unified-sample Parquet files: ``DIR/samples/*.parquet``, else Parquet under
+    ``path`` (or ``path`` itself); [] when there are none."""
+    for cand in (join(path, "samples"), path):
+        files = [cand] if cand.endswith(".parquet") else list_files(cand, ".parquet")
+        if files:
+            return files
+    return []
+
+
 def read_samples(path: str) -> pa.Table:
     """Read a stage's unified samples (``DIR/samples/*.parquet`` or a Parquet file/dir)."""
     from .schema import ARROW_SCHEMA
 
-    candidates = [join(path, "samples"), path]
-    for cand in candidates:
-        files = list_files(cand, ".parquet") if not cand.endswith(".parquet") else [cand]
-        if files:
-            fs, _ = _fs_and_path(files[0])
-            tables = [pq.read_table(_fs_and_path(f)[1], filesystem=fs) for f in files]
-            return pa.concat_tables([t.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA) for t in tables])
-    raise SourceError(f"no unified samples (Parquet) found under {path}")
+    files = sample_files(path)
+    if not files:
+        raise SourceError(f"no unified samples (Parquet) found under {path}")
+    fs, _ = _fs_and_path(files[0])
+    tables = [pq.read_table(_fs_and_path(f)[1], filesystem=fs) for f in files]
+    return pa.concat_tables([t.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA) for t in tables])

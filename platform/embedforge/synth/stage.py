@@ -247,8 +247,7 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
     from ..llm.local_server import choose_backend, local_llm
 
     t0 = time.time()
-    files = [f for f in eio.list_files(eio.join(cfg.input, "samples"), ".parquet")] or \
-        eio.list_files(cfg.input, ".parquet")
+    files = eio.sample_files(cfg.input)
     if not files:
         from ..config import ConfigError
 

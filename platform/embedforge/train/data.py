@@ -36,11 +36,11 @@ def _safe(name: str) -> str:
 
 
 def sample_files(path: str) -> list[str]:
-    for cand in (eio.join(path, "samples"), path):
-        files = [cand] if cand.endswith(".parquet") else eio.list_files(cand, ".parquet")
-        if files:
-            return files
-    raise ConfigError(f"no unified samples (Parquet) under {path}")
+    """:func:`embedforge.io.sample_files`, failing as a config error (exit 2) when empty."""
+    files = eio.sample_files(path)
+    if not files:
+        raise ConfigError(f"no unified samples (Parquet) under {path}")
+    return files
 
 
 def _check(table: pa.Table, kind: str, path: str) -> None:
