@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,6 +74,7 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
     os.makedirs(out_dir, exist_ok=True)
     writers: dict[tuple[str, str], pa.ipc.RecordBatchFileWriter] = {}
     sizes: dict[tuple[str, str], int] = {}
+    names: dict[tuple[str, str], str] = {}
     for inp in inputs:
         for path in sample_files(inp):
             fs, p = eio._fs_and_path(path)
@@ -85,14 +86,14 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
                 part = part.select(COLUMNS)
                 k = (dataset, kind)
                 if k not in writers:
-                    name = _safe(dataset if kind == "retrieval" else f"{dataset}.{kind}")
-                    writers[k] = pa.ipc.new_file(os.path.join(out_dir, f"{name}.arrow.tmp"), part.schema)
+                    names[k] = _safe(dataset if kind == "retrieval" else f"{dataset}.{kind}")
+                    writers[k] = pa.ipc.new_file(os.path.join(out_dir, f"{names[k]}.arrow.tmp"), part.schema)
                 writers[k].write_table(part)
                 sizes[k] = sizes.get(k, 0) + part.num_rows
     datasets = []
     for (dataset, kind), w in writers.items():
         w.close()
-        name = _safe(dataset if kind == "retrieval" else f"{dataset}.{kind}")
+        name = names[(dataset, kind)]
         os.replace(os.path.join(out_dir, f"{name}.arrow.tmp"), os.path.join(out_dir, f"{name}.arrow"))
         datasets.append({"name": dataset, "kind": kind, "size": sizes[(dataset, kind)],
                          "file": f"{name}.arrow"})
@@ -129,6 +130,14 @@ class TextBatch:
         return len(self.negatives) // max(len(self.queries), 1)
 
 
+class _Classes(NamedTuple):
+    texts: list[str]
+    labels: list[str]
+    by_label: dict[str, list[int]]
+    label_ids: dict[str, int]
+    label_of: dict[str, str]
+
+
 class TrainData:
     """Memory-mapped datasets of one stage + the text batches the sampler asks for."""
 
@@ -139,7 +148,8 @@ class TrainData:
         self.k = num_negatives
         self.seed = seed
         self._tables: dict[int, pa.Table] = {}
-        self._class_index: dict[int, tuple[list[str], list[str], dict[str, list[int]], dict[str, int]]] = {}
+        self._class_index: dict[int, _Classes] = {}
+        self._k: dict[int, int] = {}
 
     @cached_property
     def infos(self) -> list[DatasetInfo]:
@@ -156,8 +166,10 @@ class TrainData:
         has that many (no forward passes over padding for datasets without negatives)."""
         if self.infos[i].kind != "retrieval":
             return self.k
-        lengths = pc.list_value_length(self.table(i).column("negatives"))
-        return min(self.k, int(pc.max(lengths).as_py() or 0))
+        if i not in self._k:  # once per dataset, not per batch
+            lengths = pc.list_value_length(self.table(i).column("negatives"))
+            self._k[i] = min(self.k, int(pc.max(lengths).as_py() or 0))
+        return self._k[i]
 
     def keys(self, i: int) -> list[frozenset[str]]:
         """Texts that must not repeat inside a batch, per row of dataset ``i``."""
@@ -173,7 +185,8 @@ class TrainData:
         k = self.k_of(i)
         return [frozenset((a, b, *n[:k])) for a, b, n in zip(q, p, negs, strict=True)]
 
-    def _classes(self, i: int) -> tuple[list[str], list[str], dict[str, list[int]], dict[str, int]]:
+    def _classes(self, i: int) -> _Classes:
+        """Texts, labels and their indexes of a classification dataset, built once."""
         if i not in self._class_index:
             t = self.table(i)
             texts, labels = t.column("query").to_pylist(), [str(x) for x in t.column("label").to_pylist()]
@@ -181,7 +194,8 @@ class TrainData:
             for j, lab in enumerate(labels):
                 by.setdefault(lab, []).append(j)
             ids = {lab: n for n, lab in enumerate(sorted(by))}
-            self._class_index[i] = (texts, labels, by, ids)
+            label_of = dict(zip(texts, labels, strict=True))
+            self._class_index[i] = _Classes(texts, labels, by, ids, label_of)
         return self._class_index[i]
 
     def batch(self, i: int, rows: list[int], step: int) -> TextBatch:
@@ -202,9 +216,8 @@ class TrainData:
             return TextBatch(info.name, "retrieval",
                              [format_query(a, x) for a, x in zip(instr, t["query"], strict=True)],
                              list(t["positive"]), negs, mask)
-        texts, labels, by, ids = self._classes(i)
+        texts, labels, by, ids, label_of = self._classes(i)
         queries, positives, negs, mask, labs, nlabs = [], [], [], [], [], []
-        label_of = {x: lab for x, lab in zip(texts, labels, strict=True)}
         for row, a in zip(rows, instr, strict=True):
             rng = random.Random(f"{self.seed}:{step}:{row}")
             drawn = draw_positive_and_negatives(texts, labels, row, self.k, rng, by)

@@ -106,7 +106,8 @@ def train_worker(config: dict[str, Any]) -> None:
                      retrieval_share=st.retrieval_share if n == 2 else None, seed=cfg.seed,
                      keys_of=data.keys)
     log_path = config.get("metrics_log")
-    history = _load_history(log_path, start) if rank == 0 else []
+    if rank == 0:
+        _truncate_history(log_path, start)
     if rank == 0:
         print(f"[train] stage {n}: {world} worker(s), steps {start}->{st.steps}, datasets "
               + ", ".join(f"{d.name}({d.kind}, {d.size})" for d in data.infos), flush=True)
@@ -151,12 +152,11 @@ def train_worker(config: dict[str, Any]) -> None:
                 "tokens_per_s": round(float(stats[1]) / elapsed, 1),
                 "epochs": plan.epochs_at(done)}
         if rank == 0:
-            history.append(last)
+            _append_history(log_path, last)
             _record(last, metrics, window["examples"], int(stats[1]))
             print(f"[train] stage {n} step {done}/{st.steps} loss {last['loss']:.4f} ({batch.kind}:"
                   f"{batch.dataset}) lr {last['lr']:.2e} {last['examples_per_s']} ex/s "
                   f"{last['tokens_per_s']:.0f} tok/s", flush=True)
-            _write_history(log_path, history)
         window = {"examples": 0, "tokens": 0, "t": time.perf_counter()}
         if is_ckpt:
             with tempfile.TemporaryDirectory() as tmp:
@@ -202,20 +202,27 @@ def _record(row: dict[str, Any], metrics: Any, examples: int, tokens: int) -> No
         metrics.set_gauge("embedforge_train_step", row["step"], tags)
 
 
-def _load_history(path: str | None, start: int) -> list[dict[str, Any]]:
-    """Progress rows up to the resumed step (rows after it are replayed by this attempt)."""
+def _truncate_history(path: str | None, start: int) -> None:
+    """Keep the progress rows up to the resumed step (this attempt replays the rest).
+
+    Rows are appended one per log step; a line cut short by a killed worker is dropped here.
+    """
     if not path or not os.path.exists(path):
-        return []
-    from .. import io as eio
-
-    rows = eio.read_jsonl(path)
-    return [r for r in rows if r["step"] <= start]
-
-
-def _write_history(path: str | None, rows: list[dict[str, Any]]) -> None:
-    if not path:
         return
+    rows = []
+    with open(path) as fh:
+        for line in fh:
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                if row["step"] <= start:
+                    rows.append(row)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, path)
+
+
+def _append_history(path: str | None, row: dict[str, Any]) -> None:
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")

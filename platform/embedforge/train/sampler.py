@@ -77,6 +77,7 @@ class BatchPlan:
         self._choices: list[int] = []
         self._uses: list[int] = []  # how many batches of the same dataset came before each step
         self._counts = [0] * len(datasets)
+        self._prefix: list[tuple[int, ...]] = []  # batches per dataset before each step
         retr = [i for i, d in enumerate(self.datasets) if d.kind == "retrieval"]
         other = [i for i, d in enumerate(self.datasets) if d.kind != "retrieval"]
         if retrieval_share is not None and retr and other:
@@ -96,6 +97,7 @@ class BatchPlan:
         while len(self._choices) <= step:
             rng = random.Random(f"{self.seed}:choice:{len(self._choices)}")
             d = rng.choices(range(len(self.datasets)), weights=self.probs)[0]
+            self._prefix.append(tuple(self._counts))
             self._choices.append(d)
             self._uses.append(self._counts[d])
             self._counts[d] += 1
@@ -123,12 +125,9 @@ class BatchPlan:
 
     def epochs_at(self, step: int) -> dict[str, float]:
         """Epochs consumed per dataset after ``step`` steps (for the progress line)."""
-        self._dataset_at(max(step - 1, 0))
-        out: dict[str, float] = {}
-        for i, d in enumerate(self.datasets):
-            used = sum(1 for c in self._choices[:step] if c == i)
-            out[d.name] = round(used * self.batch_size(i) / max(d.size, 1), 3)
-        return out
+        self._dataset_at(step)
+        return {d.name: round(used * self.batch_size(i) / max(d.size, 1), 3)
+                for i, (d, used) in enumerate(zip(self.datasets, self._prefix[step], strict=True))}
 
 
 def rank_slice(rows: Sequence[int], rank: int, world: int) -> list[int]:
