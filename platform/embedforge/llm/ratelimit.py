@@ -95,7 +95,6 @@ class AsyncLimiter:
                  window_s: float = WINDOW_S):
         self.budget = Budget(max_concurrency, rpm, tpm, window_s)
         self._sem: asyncio.Semaphore | None = None
-        self.waited_s = 0.0
 
     def _semaphore(self) -> asyncio.Semaphore:
         if self._sem is None:
@@ -103,7 +102,6 @@ class AsyncLimiter:
         return self._sem
 
     async def acquire(self, est_tokens: int = 0) -> None:
-        start = time.monotonic()
         await self._semaphore().acquire()
         try:
             while True:
@@ -114,7 +112,6 @@ class AsyncLimiter:
         except BaseException:
             self._semaphore().release()
             raise
-        self.waited_s += time.monotonic() - start
 
     async def release(self, est_tokens: int = 0, used_tokens: int | None = None) -> None:
         self.budget.release(time.monotonic(), est_tokens, used_tokens)
