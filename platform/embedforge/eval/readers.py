@@ -152,14 +152,13 @@ def read_rows(path: str, spec: TaskSpec) -> list[dict[str, Any]]:
         return [r.data for r in eio.iter_records(unit) if r.data is not None]
     first = eio.first_line(path)
     delimiter = spec.delimiter or ("\t" if "\t" in first else ",")
-    fields = [f.strip().lstrip("\ufeff").lower() for f in
-              (first.split(delimiter) if delimiter == "\t" else next(_csv_split(first, delimiter)))]
+    names = [f.strip().lstrip("\ufeff") for f in
+             (first.split(delimiter) if delimiter == "\t" else next(_csv_split(first, delimiter)))]
     known = {a for aliases in ROLE_ALIASES.values() for a in aliases} | set(spec.map.values())
-    header = spec.header if spec.header is not None else bool(set(fields) & known)
+    header = spec.header if spec.header is not None else bool({f.lower() for f in names} & known)
     columns = spec.columns
     if header and columns is None:
-        columns = [f.strip().lstrip("\ufeff") for f in
-                   (first.split(delimiter) if delimiter == "\t" else next(_csv_split(first, delimiter)))]
+        columns = names
     line_based = delimiter == "\t"
     rows = []
     for rec in eio.iter_records(unit, delimiter=delimiter, columns=columns, has_header=header,
