@@ -43,13 +43,15 @@ def test_batches_apply_instructions_pad_negatives_and_draw_same_label_positives(
     data = TrainData(str(tmp_path / "data"), manifest, num_negatives=3)
     idx = {d.name: i for i, d in enumerate(data.infos)}
     r = data.batch(idx["docs"], [0, 1, 2], step=0)
-    assert r.queries[0] == "Instruct: Find the doc\nQuery: q0" and r.positives[0] == "d0"
+    assert r.prompts[0] == "Instruct: Find the doc\nQuery: " and not r.symmetric
+    assert r.queries[0] == "q0" and r.positives[0] == "d0"
     assert data.k_of(idx["docs"]) == 2  # no sample has 3 negatives: 2 slots, not 3
     assert r.negatives == ["", "", "n1a", "", "n2a", "n2b"]
     assert r.neg_mask == [False, False, True, False, True, True]
     c = data.batch(idx["intent"], [0, 1, 2, 3], step=5)
+    assert c.symmetric and set(c.prompts) == {"Instruct: Classify\nQuery: "}
     for q, p, lab in zip(c.queries, c.positives, c.labels, strict=True):
-        assert q.startswith("Instruct: Classify\nQuery: ") and p != q
+        assert q.startswith("text ") and p != q
         assert lab == int(p[-1]) % 3  # "text i" has label L(i % 3)
     assert all(nl != lab for lab, nl in zip(c.labels, [c.neg_labels[i * 3] for i in range(4)], strict=True))
     again = data.batch(idx["intent"], [0, 1, 2, 3], step=5)

@@ -103,7 +103,7 @@ def test_two_stages_export_loads_everywhere_and_rerun_skips(tmp_path, data):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    from embedforge.model.encoder import Encoder, EncoderSettings
+    from embedforge.model.encoder import Encoder, EncoderSettings, tokenize
     from embedforge.train.export import consolidated_state_dict, load_trained
 
     cfg = config(tmp_path / "run", data, run="both")
@@ -118,21 +118,26 @@ def test_two_stages_export_loads_everywhere_and_rerun_skips(tmp_path, data):
     assert (tmp_path / "run" / "stage1" / "loss.png").stat().st_size > 1000
 
     out = summary["model"]
-    texts = ["Instruct: Given a claim\nQuery: vitamin D lowers fracture risk", "A plane is taking off."]
+    texts = ["vitamin D lowers fracture risk", "A plane is taking off."]
     st = SentenceTransformer(out, device="cpu")
-    assert st.prompts["query"].startswith("Instruct: Given a scientific claim")
-    ours = Encoder(EncoderSettings(model=out)).encode(texts)
-    np.testing.assert_allclose(st.encode(texts, normalize_embeddings=False), ours, atol=1e-5)
+    prompt = st.prompts["query"]
+    assert prompt.startswith("Instruct: Given a scientific claim") and st[1].include_prompt is False
+    enc_out = Encoder(EncoderSettings(model=out))
+    assert enc_out.include_prompt is False  # read from the export's Pooling config
+    ours = enc_out.encode(texts, prompt)
+    np.testing.assert_allclose(st.encode(texts, prompt_name="query", normalize_embeddings=False),
+                               ours, atol=1e-5)
+    np.testing.assert_allclose(st.encode(texts, normalize_embeddings=False), enc_out.encode(texts),
+                               atol=1e-5)
     assert AutoModel.from_pretrained(out).config.hidden_size == 384
     # the training model itself (consolidated ZeRO-3 checkpoint) gives the same vectors
     ckpt = s2["checkpoint"]
     model, tok = load_trained(cfg.model, s1["model"], consolidated_state_dict(ckpt, 3))
     model.eval()
     with torch.no_grad():
-        enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-        trained = model(enc["input_ids"], enc["attention_mask"]).numpy()
+        trained = model(**tokenize(tok, texts, 256, prompt)).numpy()
     np.testing.assert_allclose(trained, ours, atol=1e-5)
-    base = Encoder(EncoderSettings(model=minilm())).encode(texts)
+    base = Encoder(EncoderSettings(model=minilm(), include_prompt=False)).encode(texts, prompt)
     assert np.abs(base - ours).max() > 1e-4  # training changed the weights
 
     logs = []

@@ -103,16 +103,18 @@ class MTEBEncoder(AbsEncoder):
     def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
                prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
         prefix = self.prefix(task_metadata, prompt_type)
-        texts = [prefix + str(t) for batch in inputs for t in batch["text"]]
-        return self.encode_texts(texts)
+        texts = [str(t) for batch in inputs for t in batch["text"]]
+        return self.encode_texts(texts, prefix)
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
+    def encode_texts(self, texts: list[str], prompt: str = "") -> np.ndarray:
+        """Vectors of ``prompt + text``; the prompt stays separate so a model exported with
+        ``include_prompt: false`` pools only the text's tokens, as it was trained."""
         if len(self.encoders) == 1 or len(texts) < 2 * len(self.encoders):
-            return self.encoders[0].encode(texts)
+            return self.encoders[0].encode(texts, prompt)
         parts = split_by_length(texts, len(self.encoders))
         out = np.zeros((len(texts), self.encoders[0].dim), dtype=np.float32)
         with ThreadPoolExecutor(len(self.encoders)) as pool:
-            futures = [pool.submit(enc.encode, [texts[i] for i in idx])
+            futures = [pool.submit(enc.encode, [texts[i] for i in idx], prompt)
                        for enc, idx in zip(self.encoders, parts, strict=True)]
             for idx, fut in zip(parts, futures, strict=True):
                 out[idx] = fut.result()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -62,19 +63,26 @@ class EmbedActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         texts = [str(t) for t in batch["text"]]
         hashes = [str(h) for h in batch["hash"]]
-        vectors = self.encoder.encode(texts)
+        prompts = [str(p) for p in batch["prompt"]]
+        # the cache key is the full text; the encoder gets prompt and text apart (prompt pooling)
+        vectors = self.encoder.encode([t[len(p):] for t, p in zip(texts, prompts, strict=True)],
+                                      prompts)
         write_part(self.root, self.fingerprint, hashes, vectors)
         return {"n": np.array([len(texts)])}
 
 
 def embed_all(texts: list[str], settings: Any, root: str, fingerprint: str, num_actors: int,
-              batch_size: int, use_gpu: bool, log=print) -> int:
+              batch_size: int, use_gpu: bool, log=print, prompts: Mapping[str, str] | None = None,
+              ) -> int:
     """Make sure every text has a cached vector, embedding only what the cache lacks.
 
-    Returns how many were embedded now. Vectors stay in the cache: the driver never holds
-    the corpus matrix (index shards load their own part).
+    ``prompts``: the instruction prefix of those texts that start with one (queries), so the
+    encoder can leave it out of pooling. Returns how many were embedded now. Vectors stay in
+    the cache: the driver never holds the corpus matrix (index shards load their own part).
     """
     import ray
+
+    prompts = prompts or {}
 
     by_hash = {text_hash(t): t for t in texts}
     have = cached_hashes(root, fingerprint) & set(by_hash)
@@ -82,7 +90,8 @@ def embed_all(texts: list[str], settings: Any, root: str, fingerprint: str, num_
     log(f"[mine] embeddings: {len(by_hash)} unique texts, {len(have)} cached, {len(missing)} to embed")
     if missing:
         missing.sort(key=lambda ht: len(ht[1]))
-        ds = ray.data.from_items([{"hash": h, "text": t} for h, t in missing],
+        ds = ray.data.from_items([{"hash": h, "text": t, "prompt": prompts.get(t, "")}
+                                  for h, t in missing],
                                  override_num_blocks=max(1, min(len(missing) // batch_size, num_actors * 8)))
         cpus = ray.available_resources().get("CPU", 1.0)
         # an actor must fit on one node: never ask for more CPUs than the largest node has

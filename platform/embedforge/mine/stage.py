@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from .. import io as eio
 from .. import metrics
 from ..cluster import connect
-from ..data.instructions import format_query
+from ..data.instructions import format_instruction
 from ..data.retrieval import beir_doc_text
 from ..model.encoder import fingerprint as encoder_fingerprint
 from ..schema import ARROW_SCHEMA, rows_to_table
@@ -69,8 +69,8 @@ def load_corpus(cfg: MineConfig, samples: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(t for t in texts if t and t.strip()))
 
 
-def query_text(sample: dict[str, Any], use_instruction: bool) -> str:
-    return format_query(sample["instruction"], sample["query"]) if use_instruction else sample["query"]
+def query_prompt(sample: dict[str, Any], use_instruction: bool) -> str:
+    return format_instruction(sample["instruction"]) if use_instruction else ""
 
 
 def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
@@ -86,7 +86,8 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
         raise ConfigError("empty corpus: pass --corpus or give --input retrieval samples")
     root = cfg.cache or eio.join(cfg.output, "_embeddings")
     fp = encoder_fingerprint(cfg.encoder)
-    queries = [query_text(s, cfg.instruction) for s in retrieval]
+    query_prompts = [query_prompt(s, cfg.instruction) for s in retrieval]
+    queries = [p + s["query"] for p, s in zip(query_prompts, retrieval, strict=True)]
     others = [t for s in retrieval for t in (s["positive"], *s["negatives"])]
     log(f"[mine] {len(retrieval)} retrieval samples, corpus of {len(corpus)} texts, "
         f"{cfg.num_shards} shard(s)")
@@ -96,8 +97,9 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
     with connect(cfg.ray_address, cfg.num_cpus):
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = cfg.use_gpu == "yes" or (cfg.use_gpu == "auto" and gpus > 0)
+        prompt_of = dict(zip(queries, query_prompts, strict=True))
         embedded = embed_all(corpus + queries + others, cfg.encoder, root, fp, cfg.embed_actors,
-                             cfg.encoder.batch_size, use_gpu, log)
+                             cfg.encoder.batch_size, use_gpu, log, prompts=prompt_of)
         metrics.inc("embedforge_mine_embeddings_total", embedded, {"model": cfg.encoder.model[-60:]})
         hashes = [text_hash(t) for t in corpus]
         bounds = np.linspace(0, len(hashes), cfg.num_shards + 1).astype(int)
@@ -133,7 +135,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
             texts = queries + others + [corpus[d] for d in sorted(window)]
             rfp = encoder_fingerprint(cfg.rescore)
             embed_all(texts, cfg.rescore, root, rfp, cfg.embed_actors, cfg.rescore.batch_size,
-                      use_gpu, log)
+                      use_gpu, log, prompts=prompt_of)
             rescore_vec = load_cache(root, rfp, {text_hash(t) for t in texts})
             log(f"[mine] rescored {len(window)} window candidates with {cfg.rescore.model}")
 

@@ -27,6 +27,9 @@ class ModelSettings(ConfigSection):
     pooling: Pooling = Field("mean", description="mean (report) | last_token | cls | auto")
     bidirectional: bool = Field(False, description="decoders: full attention (report: true)")
     normalize: bool = Field(True, description="L2-normalise embeddings")
+    include_prompt: bool = Field(
+        False, description="mean pooling over instruction tokens too (false: the instruction "
+                           "conditions the text through attention but is left out of the average)")
     query_max_length: int = Field(256, ge=8, description="tokens per query / pair / class text")
     passage_max_length: int = Field(1536, ge=8, description="tokens per retrieval document")
     gradient_checkpointing: bool = Field(False, description="recompute activations (large models)")

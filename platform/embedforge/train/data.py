@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from .. import io as eio
 from ..config import ConfigError
 from ..data.classification import draw_positive_and_negatives
-from ..data.instructions import format_query
+from ..data.instructions import format_instruction, is_symmetric
 from .sampler import DatasetInfo
 
 COLUMNS = ("id", "instruction", "query", "positive", "negatives", "score", "label")
@@ -113,10 +113,15 @@ def _groups(table: pa.Table):
 
 @dataclass
 class TextBatch:
-    """One rank's share of a batch, as texts ready for the tokenizer (instructions applied)."""
+    """One rank's share of a batch: raw texts plus each row's prompt (formatted instruction).
+
+    The prompt goes in front of the query, and in front of the documents too for symmetric
+    kinds (:func:`~embedforge.data.instructions.is_symmetric`).
+    """
 
     dataset: str
     kind: str
+    prompts: list[str]
     queries: list[str]
     positives: list[str]
     negatives: list[str] = field(default_factory=list)  # B*K, padding slots are ""
@@ -124,6 +129,10 @@ class TextBatch:
     labels: list[int] = field(default_factory=list)
     neg_labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+
+    @property
+    def symmetric(self) -> bool:
+        return is_symmetric(self.kind)
 
     @property
     def num_negatives(self) -> int:
@@ -201,10 +210,9 @@ class TrainData:
     def batch(self, i: int, rows: list[int], step: int) -> TextBatch:
         info = self.infos[i]
         t = self.table(i).take(rows).to_pydict()
-        instr = t["instruction"]
+        prompts = [format_instruction(a) for a in t["instruction"]]
         if info.kind == "pair":
-            return TextBatch(info.name, "pair", [format_query(a, x) for a, x in zip(instr, t["query"], strict=True)],
-                             [format_query(a, x) for a, x in zip(instr, t["positive"], strict=True)],
+            return TextBatch(info.name, "pair", prompts, list(t["query"]), list(t["positive"]),
                              scores=[float(s) for s in t["score"]])
         if info.kind == "retrieval":
             negs, mask = [], []
@@ -213,22 +221,22 @@ class TrainData:
                 n = list(n[:k])
                 negs.extend(n + [""] * (k - len(n)))
                 mask.extend([True] * len(n) + [False] * (k - len(n)))
-            return TextBatch(info.name, "retrieval",
-                             [format_query(a, x) for a, x in zip(instr, t["query"], strict=True)],
-                             list(t["positive"]), negs, mask)
+            return TextBatch(info.name, "retrieval", prompts, list(t["query"]), list(t["positive"]),
+                             negs, mask)
         texts, labels, by, ids, label_of = self._classes(i)
         queries, positives, negs, mask, labs, nlabs = [], [], [], [], [], []
-        for row, a in zip(rows, instr, strict=True):
+        for row in rows:
             rng = random.Random(f"{self.seed}:{step}:{row}")
             drawn = draw_positive_and_negatives(texts, labels, row, self.k, rng, by)
             pos, n = drawn if drawn else (texts[row], [])  # a class of one: the anchor itself
-            queries.append(format_query(a, texts[row]))
-            positives.append(format_query(a, pos))
-            negs.extend([format_query(a, x) for x in n] + [""] * (self.k - len(n)))
+            queries.append(texts[row])
+            positives.append(pos)
+            negs.extend(list(n) + [""] * (self.k - len(n)))
             mask.extend([True] * len(n) + [False] * (self.k - len(n)))
             labs.append(ids[labels[row]])
             nlabs.extend([ids[label_of[x]] for x in n] + [-1] * (self.k - len(n)))
-        return TextBatch(info.name, "classification", queries, positives, negs, mask, labs, nlabs)
+        return TextBatch(info.name, "classification", prompts, queries, positives, negs, mask, labs,
+                         nlabs)
 
 
 def _local_copy(data_dir: str) -> str:

@@ -1,7 +1,7 @@
 """Checkpoint -> a folder that sentence-transformers, transformers and our Encoder all load.
 
 The export is a plain sentence-transformers folder: HF weights + tokenizer at the root, then
-Pooling (the trained mode) and Normalize modules, ``max_seq_length``, and the query/document
+Pooling (the trained mode, and whether instruction tokens are pooled) and Normalize modules, ``max_seq_length``, and the query/document
 prompts in ``config_sentence_transformers.json``. Bidirectional decoders carry
 ``is_causal: false`` in ``config.json``, so they load bidirectional anywhere.
 """
@@ -19,6 +19,10 @@ from .config import ModelSettings
 from .model import EmbeddingModel, build_model
 
 ST_POOLING = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}
+# Plain text in, token states out. Without it sentence-transformers renders the input of any
+# backbone whose tokenizer has a chat template (Qwen) through that template: other tokens than
+# the model was trained on, and no prompt-length tracking.
+TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
 
 
 def consolidated_state_dict(ckpt_dir: str, zero_stage: int, tag: str = "ckpt") -> dict[str, Any]:
@@ -60,8 +64,10 @@ def export_model(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings,
     hf = os.path.join(tmp, "hf")
     backbone.save_pretrained(hf)
     tokenizer.save_pretrained(hf)
-    modules = [Transformer(hf, max_seq_length=settings.passage_max_length),
-               Pooling(int(backbone.config.hidden_size), pooling_mode=ST_POOLING[model.pooling])]
+    modules = [Transformer(hf, max_seq_length=settings.passage_max_length,
+                           modality_config=TEXT_ONLY, module_output_name="token_embeddings"),
+               Pooling(int(backbone.config.hidden_size), pooling_mode=ST_POOLING[model.pooling],
+                       include_prompt=model.include_prompt)]
     if settings.normalize:
         modules.append(Normalize())
     prompts = {"query": format_instruction(query_instruction) if query_instruction else "",
@@ -73,7 +79,8 @@ def export_model(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings,
     shutil.rmtree(os.path.join(tmp, "st"))
     shutil.rmtree(hf)
     with open(os.path.join(tmp, "embedforge.json"), "w") as fh:
-        json.dump({"pooling": model.pooling, "normalize": settings.normalize,
+        json.dump({"pooling": model.pooling, "include_prompt": model.include_prompt,
+                   "normalize": settings.normalize,
                    "bidirectional": settings.bidirectional,
                    "query_max_length": settings.query_max_length,
                    "passage_max_length": settings.passage_max_length,

@@ -13,23 +13,27 @@ from typing import Any
 
 import torch
 
-from ..model.encoder import load_backbone, pool
+from ..model.encoder import load_backbone, pool, tokenize
 from . import losses
 from .config import LossSettings, ModelSettings
 from .data import TextBatch
 
 
 class EmbeddingModel(torch.nn.Module):
-    def __init__(self, backbone: torch.nn.Module, pooling: str, normalize: bool, left_padded: bool):
+    def __init__(self, backbone: torch.nn.Module, pooling: str, normalize: bool, left_padded: bool,
+                 include_prompt: bool = True):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.normalize = normalize
         self.left_padded = left_padded
+        self.include_prompt = include_prompt
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        emb = pool(hidden, attention_mask, self.pooling, self.left_padded).float()
+        lengths = None if self.include_prompt else prompt_lengths
+        emb = pool(hidden, attention_mask, self.pooling, self.left_padded, lengths).float()
         return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
 
@@ -50,25 +54,28 @@ def build_model(settings: ModelSettings, path: str | None = None) -> tuple[Embed
             target_modules=settings.lora.target_modules))
     pooling = settings.pooling if settings.pooling != "auto" else (
         "last_token" if is_decoder else "mean")
-    return EmbeddingModel(backbone, pooling, settings.normalize, tokenizer.padding_side == "left"), tokenizer
+    return EmbeddingModel(backbone, pooling, settings.normalize, tokenizer.padding_side == "left",
+                          settings.include_prompt), tokenizer
 
 
 Embed = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: Any = "cpu") -> dict[str, torch.Tensor]:
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-
 def batch_groups(batch: TextBatch, tokenizer: Any, model: ModelSettings, device: Any = "cpu",
                  ) -> dict[str, dict[str, torch.Tensor]]:
-    """Tokenised text groups of a batch; retrieval documents get the passage length limit."""
+    """Tokenised text groups of a batch, each with its rows' prompts (instructions).
+
+    Queries always carry their instruction; documents only for symmetric kinds (pairs,
+    classification). Retrieval documents get the passage length limit.
+    """
     doc_len = model.passage_max_length if batch.kind == "retrieval" else model.query_max_length
-    groups = {"q": tokenize(tokenizer, batch.queries, model.query_max_length, device),
-              "pos": tokenize(tokenizer, batch.positives, doc_len, device)}
+    doc_prompts = batch.prompts if batch.symmetric else None
+    groups = {"q": tokenize(tokenizer, batch.queries, model.query_max_length, batch.prompts, device),
+              "pos": tokenize(tokenizer, batch.positives, doc_len, doc_prompts, device)}
     if batch.negatives:
-        groups["neg"] = tokenize(tokenizer, batch.negatives, doc_len, device)
+        k = batch.num_negatives
+        neg_prompts = [p for p in batch.prompts for _ in range(k)] if batch.symmetric else None
+        groups["neg"] = tokenize(tokenizer, batch.negatives, doc_len, neg_prompts, device)
     return groups
 
 
