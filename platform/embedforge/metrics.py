@@ -41,8 +41,26 @@ TRAIN_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "embedforge_train_tokens_per_second": ("gauge", "tokens per second (all ranks)", ("stage",)),
 }
 
+SERVE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "embedforge_serve_requests_total": ("counter", "HTTP requests by route and status code", ("route", "code")),
+    "embedforge_serve_errors_total": ("counter", "HTTP requests answered with an error", ("route", "code")),
+    "embedforge_serve_texts_total": ("counter", "texts embedded", ("route",)),
+    "embedforge_serve_tokens_total": ("counter", "tokens embedded (usage.prompt_tokens)", ("route",)),
+    "embedforge_serve_latency_seconds": ("histogram", "request latency in the replica", ("route",)),
+    "embedforge_serve_queue_wait_seconds": ("histogram", "time a text waits for its batch", ()),
+    "embedforge_serve_batch_texts": ("histogram", "texts per model batch", ()),
+    "embedforge_serve_batch_tokens": ("histogram", "tokens per model batch", ()),
+}
+
+HISTOGRAM_BOUNDARIES: dict[str, list[float]] = {
+    "embedforge_serve_latency_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    "embedforge_serve_queue_wait_seconds": [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    "embedforge_serve_batch_texts": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    "embedforge_serve_batch_tokens": [16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536],
+}
+
 ALL_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {**SYNTH_METRICS, **MINE_METRICS,
-                                                            **TRAIN_METRICS}
+                                                            **TRAIN_METRICS, **SERVE_METRICS}
 
 
 @cache
@@ -50,7 +68,10 @@ def get_metric(name: str) -> Any:
     from ray.util import metrics
 
     kind, description, tags = ALL_METRICS[name]
-    cls = {"counter": metrics.Counter, "gauge": metrics.Gauge, "histogram": metrics.Histogram}[kind]
+    if kind == "histogram":
+        return metrics.Histogram(name, description=description, tag_keys=tags,
+                                 boundaries=HISTOGRAM_BOUNDARIES[name])
+    cls = {"counter": metrics.Counter, "gauge": metrics.Gauge}[kind]
     return cls(name, description=description, tag_keys=tags)
 
 
@@ -62,3 +83,7 @@ def inc(name: str, value: float, tags: dict[str, str] | None = None) -> None:
 
 def set_gauge(name: str, value: float, tags: dict[str, str] | None = None) -> None:
     get_metric(name).set(value, tags=tags or {})
+
+
+def observe(name: str, value: float, tags: dict[str, str] | None = None) -> None:
+    get_metric(name).observe(value, tags=tags or {})
