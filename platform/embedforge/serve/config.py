@@ -17,7 +17,9 @@ class BatchSettings(ConfigSection):
         16384, ge=16, description="tokens (unpadded) gathered into one batch across requests")
     max_forward_tokens: int = Field(
         8192, ge=16, description="padded tokens per forward pass (batch split by length)")
-    wait_ms: float = Field(5.0, ge=0, description="how long the first text waits for company")
+    wait_ms: float = Field(10.0, ge=0, description="how long the first text waits for company")
+    forward_in_thread: bool | None = Field(
+        None, description="run forward passes in a worker thread (none: on GPU yes, on CPU no)")
 
 
 class AutoscalingSettings(ConfigSection):
