@@ -37,6 +37,23 @@ def test_materialize_groups_by_dataset_and_kind(tmp_path):
     assert [d["kind"] for d in only] == ["retrieval"]
 
 
+def test_a_sample_id_is_taken_from_the_first_input_that_has_it(tmp_path):
+    import pyarrow.ipc as ipc
+
+    everything = fixture_samples()
+    mined = [s.model_copy(update={"negatives": ["mined negative"]}) for s in everything[:6]
+             if s.kind == "retrieval"]
+    a = write_samples(tmp_path / "mined", mined)
+    b = write_samples(tmp_path / "all", everything)
+    manifest = materialize([a, b], str(tmp_path / "data"), ("retrieval", "pair", "classification"))
+    sizes = {d["name"]: d["size"] for d in manifest}
+    assert sizes == {"docs": 8, "sts": 8, "intent": 8}  # 2 mined + 6 from the second folder
+    docs = ipc.open_file(str(tmp_path / "data" / "docs.arrow")).read_all().to_pylist()
+    by_id = {r["id"]: r["negatives"] for r in docs}
+    assert [by_id[s.id] for s in mined] == [["mined negative"]] * 2
+    assert len(by_id) == 8
+
+
 def test_batches_apply_instructions_pad_negatives_and_draw_same_label_positives(tmp_path):
     src = write_samples(tmp_path / "in", fixture_samples())
     manifest = materialize([src], str(tmp_path / "data"), ("retrieval", "pair", "classification"))

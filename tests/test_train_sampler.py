@@ -71,6 +71,21 @@ def test_rank_slice_splits_evenly():
 
 
 def test_too_small_dataset_is_a_clear_error():
-    plan = BatchPlan([DatasetInfo("tiny", "retrieval", 3)], {"retrieval": 8})
-    with pytest.raises(ValueError, match="tiny"):
-        plan.batch(0)
+    with pytest.raises(ValueError, match=r"tiny \(3 rows < 8\)"):
+        BatchPlan([DatasetInfo("tiny", "retrieval", 3)], {"retrieval": 8})
+    # enough rows, but one shared text: no batch of distinct texts can be packed
+    same = BatchPlan([DatasetInfo("dup", "retrieval", 8)], {"retrieval": 4},
+                     keys_of=lambda _d: [frozenset(("same doc",))] * 8)
+    with pytest.raises(ValueError, match="'dup': 8 rows cannot fill one batch"):
+        same.batch(0)
+
+
+def test_a_dataset_smaller_than_its_batch_is_left_out_and_reported():
+    infos = [DatasetInfo("big", "retrieval", 40), DatasetInfo("tiny", "retrieval", 5),
+             DatasetInfo("sts", "pair", 3)]
+    plan = BatchPlan(infos, {"retrieval": 8, "pair": 4, "classification": 4}, retrieval_share=0.5)
+    assert plan.skipped == [("tiny", 5, 8), ("sts", 3, 4)]
+    assert plan.probs == [1.0, 0.0, 0.0]  # share of the empty non-retrieval group goes nowhere
+    assert {plan.batch(s)[0] for s in range(30)} == {0}
+    with pytest.raises(ValueError, match="every dataset is smaller than one batch"):
+        BatchPlan(infos[1:], {"retrieval": 8, "pair": 4, "classification": 4})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import ConfigSection, JobConfig
-from ..model.encoder import Pooling
+from ..model.encoder import Pooling, resolve_model_ref
 
 
 class LoraSettings(ConfigSection):
@@ -23,7 +23,8 @@ class LoraSettings(ConfigSection):
 
 
 class ModelSettings(ConfigSection):
-    model: str = Field(description="HF / sentence-transformers folder or hub id of the backbone")
+    model: str = Field(description="HF / sentence-transformers folder, hub id or package:NAME "
+                                   "of the backbone")
     pooling: Pooling = Field("mean", description="mean (report) | last_token | cls | auto")
     bidirectional: bool = Field(False, description="decoders: full attention (report: true)")
     normalize: bool = Field(True, description="L2-normalise embeddings")
@@ -35,9 +36,16 @@ class ModelSettings(ConfigSection):
     gradient_checkpointing: bool = Field(False, description="recompute activations (large models)")
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        return resolve_model_ref(v)
+
 
 class StageSettings(ConfigSection):
-    inputs: list[str] = Field(default_factory=list, description="sample folders (mine/synthesize output)")
+    inputs: list[str] = Field(
+        default_factory=list, description="sample folders (mine/synthesize output); a sample id "
+                                          "is taken from the first folder that has it")
     steps: int = Field(100, ge=1, description="optimizer steps")
     lr: float = Field(3e-5, gt=0, description="peak learning rate")
     warmup_steps: int = Field(300, ge=0, description="linear warm-up steps")

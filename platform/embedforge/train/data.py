@@ -63,7 +63,10 @@ def _check(table: pa.Table, kind: str, path: str) -> None:
 def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
     """Write ``out_dir/<dataset>.arrow`` per (dataset, kind) of ``inputs``; returns the manifest.
 
-    Idempotent: an existing ``manifest.json`` whose inputs match is reused as is.
+    A sample id is taken once, from the first input that has it: ``[mined, synthesized]``
+    trains on the mined copy of a retrieval sample (with its negatives) and on the synthesized
+    folder's other rows, instead of on both copies. Idempotent: an existing ``manifest.json``
+    whose inputs match is reused as is.
     """
     manifest_path = os.path.join(out_dir, "manifest.json")
     key = {"inputs": inputs, "kinds": list(kinds)}
@@ -75,6 +78,7 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
     writers: dict[tuple[str, str], pa.ipc.RecordBatchFileWriter] = {}
     sizes: dict[tuple[str, str], int] = {}
     names: dict[tuple[str, str], str] = {}
+    seen: set[str] = set()
     for inp in inputs:
         for path in sample_files(inp):
             fs, p = eio._fs_and_path(path)
@@ -82,6 +86,13 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
             for (dataset, kind), part in _groups(table):
                 if kind not in kinds:
                     continue
+                ids = part.column("id").to_pylist()
+                fresh = [i not in seen for i in ids]
+                if not all(fresh):
+                    part = part.filter(pa.array(fresh))
+                    if part.num_rows == 0:
+                        continue
+                seen.update(ids)
                 _check(part, kind, path)
                 part = part.select(COLUMNS)
                 k = (dataset, kind)

@@ -109,6 +109,9 @@ def train_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         _truncate_history(log_path, start)
     if rank == 0:
+        for name, size, bs in plan.skipped:
+            print(f"[train] stage {n}: dataset {name!r} left out: {size} rows < one batch of {bs}",
+                  flush=True)
         print(f"[train] stage {n}: {world} worker(s), steps {start}->{st.steps}, datasets "
               + ", ".join(f"{d.name}({d.kind}, {d.size})" for d in data.infos), flush=True)
 
