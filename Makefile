@@ -47,7 +47,7 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	@echo ">> running the demo pipeline into $(DEMO_DIR)"
-	$(PY) jobs/demo.py --output $(DEMO_DIR)
+	$(PY) jobs/pipeline.py --config jobs/configs/demo.yaml --output $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

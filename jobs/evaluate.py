@@ -14,49 +14,29 @@ from __future__ import annotations
 
 import sys
 
-from embedforge.config import ConfigError, parse_config, run_cli
+from embedforge.config import parse_config, run_cli
 from embedforge.eval.config import EvalConfig
-from embedforge.eval.output import load_scores, run_gate, write_outputs
-from embedforge.eval.report import fmt_points, mean_task, mean_task_type
-from embedforge.eval.run import run_evaluation
+from embedforge.eval.job import evaluate_and_gate
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EvalConfig, argv)
-    # read the baseline and comparison runs first: a typo must not cost a whole evaluation
-    others = [load_scores(p) for p in ([cfg.baseline] if cfg.baseline else []) + cfg.compare]
-    run = run_evaluation(cfg)
-    regressions, gate, gate_md = ([], None, "")
-    gate_error: ConfigError | None = None
-    if cfg.baseline:
-        try:
-            regressions, gate, gate_md = run_gate(run, cfg.baseline, cfg.tolerance,
-                                                  cfg.task_tolerance, cfg.allow_missing)
-        except ConfigError as exc:  # keep the scores of the run, then report the mistake
-            gate_error = exc
-    paths = write_outputs(cfg.output, run, others, model_path=cfg.encoder.model, gate=gate,
-                          gate_md=gate_md, config=cfg.model_dump(mode="json"))
-    if gate_error is not None:
-        raise gate_error
-    rs = run.run_scores()
-    print(f"[evaluate] {rs.model}: Mean(Task) {fmt_points(mean_task(rs.scores))}, "
-          f"Mean(TaskType) {fmt_points(mean_task_type(rs.scores, rs.types))} over "
-          f"{len(rs.scores)} task(s) in {run.seconds}s; wrote {', '.join(paths)} to {cfg.output}")
-    failed = run.errors
-    for name, err in failed.items():
+    out = evaluate_and_gate(cfg)
+    print(f"[evaluate] {out.headline()}; wrote {', '.join(out.paths)} to {cfg.output}")
+    for name, err in out.failed.items():
         print(f"[evaluate] task {name} failed: {err}", file=sys.stderr)
     if cfg.baseline:
-        if regressions:
+        if out.regressions:
             print(f"[gate] FAILED against {cfg.baseline} (tolerance {cfg.tolerance}):",
                   file=sys.stderr)
-            for r in regressions:
+            for r in out.regressions:
                 print(f"[gate]   {r.line()}", file=sys.stderr)
         else:
             print(f"[gate] passed against {cfg.baseline} (tolerance {cfg.tolerance})")
-        for m in (gate or {}).get("spec_mismatches", []):
+        for m in (out.gate or {}).get("spec_mismatches", []):
             print(f"[gate] warning: scored on different data than the baseline: {m}",
                   file=sys.stderr)
-    return 1 if (regressions or failed) else 0
+    return 0 if out.passed else 1
 
 
 if __name__ == "__main__":

@@ -388,6 +388,13 @@ def makedirs(path: str) -> None:
     fs.makedirs(p, exist_ok=True)
 
 
+def remove(path: str) -> None:
+    """Delete a file or folder tree (local or fsspec); missing is fine."""
+    fs, p = _fs_and_path(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
 def exists(path: str) -> bool:
     fs, p = _fs_and_path(path)
     return fs.exists(p)

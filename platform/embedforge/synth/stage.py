@@ -253,7 +253,7 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
 
         raise ConfigError(f"no unified samples (samples/*.parquet) under --input {cfg.input}")
     for sub in (RAW_DIR, ERRORS_DIR, SAMPLES_DIR):
-        _clear(eio.join(cfg.output, sub))
+        eio.remove(eio.join(cfg.output, sub))
     eio.makedirs(cfg.output)
     if not cfg.llm.base_url:
         cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(
@@ -292,7 +292,7 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
             batch_size=256, num_cpus=cfg.cpus_per_actor,
         )
         final.write_parquet(eio.join(cfg.output, SAMPLES_DIR))
-    _clear(eio.join(cfg.output, RAW_DIR))
+    eio.remove(eio.join(cfg.output, RAW_DIR))
     summary = _summary(cfg, stats, len(drop), time.time() - t0)
     eio.write_json(summary, eio.join(cfg.output, "summary.json"))
     return summary
@@ -332,14 +332,6 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=6)
-
-
-def _clear(path: str) -> None:
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path)
-    if fs.exists(p):
-        fs.rm(p, recursive=True)
 
 
 def _summary(cfg: SynthConfig, stats: dict[str, Any], duplicates: int, seconds: float) -> dict[str, Any]:

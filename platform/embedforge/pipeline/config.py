@@ -1,0 +1,73 @@
+"""Config of `jobs/pipeline.py`: one section per stage, wired together by the pipeline.
+
+Each stage section holds fields of that stage's own config (``PrepareConfig``, ``SynthConfig``,
+``MineConfig``, ``TrainConfig``, ``EvalConfig``, ``ServeConfig``), optionally on top of a YAML
+named by its ``config`` key. The pipeline fills in what connects the stages (input and output
+folders, the model to evaluate and serve, the Ray cluster), so a section never repeats a path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from ..config import ConfigSection, JobConfig
+
+StageName = Literal["prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve"]
+STAGES: tuple[str, ...] = ("prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve")
+
+
+class EvaluateSection(ConfigSection):
+    """Evaluation of the trained model against the base model, and the gate."""
+
+    tasks: list[str] = Field(
+        default_factory=list, description="local tasks NAME=KIND:PATH[:SPLIT] (as jobs/evaluate.py)")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-task options, e.g. {articles: {max_corpus: 1000}}")
+    baseline: bool = Field(True, description="score the base model too and gate against it")
+    baseline_instructions: bool = Field(
+        False, description="format the base model's inputs with instructions (off: most base "
+                           "models were trained without them)")
+    tolerance: float = Field(0.01, ge=0, description="allowed drop per task (0.01 = 1 point)")
+    on_regression: Literal["fail", "warn"] = Field(
+        "fail", description="fail: stop before serving a model that regressed; warn: go on")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more EvalConfig fields")
+
+
+class ServeSection(ConfigSection):
+    """The endpoint the pipeline ends with, and the query it shows."""
+
+    enabled: bool = Field(True, description="deploy the final model on Ray Serve")
+    port: int = Field(0, ge=0, le=65535, description="HTTP port (0: a free one)")
+    queries: list[str] = Field(default_factory=list, description="queries to show results for")
+    top_k: int = Field(3, ge=1, description="documents shown per query")
+    keep_running: bool = Field(False, description="keep serving until Ctrl-C")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more ServeConfig fields")
+
+
+class PipelineConfig(JobConfig):
+    """Run the stages in order, skipping those whose output is complete for the same inputs
+    and config, and write OUTPUT/manifest.json (inputs, configs, versions, outputs, metrics)."""
+
+    cli_exclude: ClassVar[frozenset[str]] = frozenset(
+        {"prepare", "synthesize", "mine", "train", "evaluate", "serve"})
+
+    output: str = Field(description="run folder: one sub-folder per stage + manifest.json")
+    stages: list[StageName] = Field(default_factory=lambda: list(STAGES),
+                                    description="stages to run, in pipeline order")
+    force: list[StageName] = Field(default_factory=list,
+                                   description="stages to re-run even when complete")
+    prepare: dict[str, Any] = Field(default_factory=dict, description="PrepareConfig fields")
+    synthesize: dict[str, Any] = Field(default_factory=dict, description="SynthConfig fields")
+    mine: dict[str, Any] = Field(default_factory=dict, description="MineConfig fields")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields")
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
+    ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")
+    num_cpus: int | None = Field(None, description="CPUs of the local cluster when one is started")
+
+    @field_validator("stages", "force")
+    @classmethod
+    def _in_order(cls, v: list[str]) -> list[str]:
+        return sorted(set(v), key=STAGES.index)

@@ -1,0 +1,173 @@
+"""Run the pipeline: each stage in order inside one Ray connection, skipping complete ones,
+recording everything in OUTPUT/manifest.json and ending with a summary table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import io as eio
+from ..cluster import connect
+from . import stages as st
+from .config import STAGES, PipelineConfig
+from .state import Manifest, is_complete, mark_complete, marker_path, read_marker, stage_key
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StageDef:
+    upstream: tuple[str, ...]
+    outputs: Callable[[st.Folders], list[str]]       # cleared when the stage must re-run
+    done_file: Callable[[st.Folders], str | None]    # exists once the stage's output is whole
+
+
+DEFS: dict[str, StageDef] = {
+    "prepare": StageDef((), lambda f: [f.prepared], lambda f: eio.join(f.prepared, "summary.json")),
+    "synthesize": StageDef(("prepare",), lambda f: [f.synth],
+                           lambda f: eio.join(f.synth, "summary.json")),
+    "mine": StageDef(("prepare", "synthesize"), lambda f: [f.mined],
+                     lambda f: eio.join(f.mined, "summary.json")),
+    "train1": StageDef(("mine",), lambda f: [eio.join(f.train, "stage1")],
+                       lambda f: eio.join(f.train, "stage1", "model", "modules.json")),
+    "train2": StageDef(("train1", "mine", "synthesize", "prepare"),
+                       lambda f: [eio.join(f.train, "stage2")],
+                       lambda f: eio.join(f.train, "stage2", "model", "modules.json")),
+    "evaluate": StageDef(("train1", "train2"), lambda f: [f.eval],
+                         lambda f: eio.join(f.eval, "scores.json")),
+    "serve": StageDef(("train1", "train2"), lambda f: [], lambda f: None),
+}
+
+
+def _build(name: str, cfg: PipelineConfig, f: st.Folders) -> Any:
+    if name == "prepare":
+        return st.build_prepare(cfg, f)
+    if name == "synthesize":
+        return st.build_synthesize(cfg, f)
+    if name == "mine":
+        return st.build_mine(cfg, f)
+    if name in ("train1", "train2"):
+        return st.build_train(cfg, f, int(name[-1]))
+    if name == "evaluate":
+        return st.build_evaluate(cfg, f)
+    return st.build_serve(cfg, f)
+
+
+def _dump(built: Any) -> Any:
+    if isinstance(built, tuple):
+        return [b.model_dump(mode="json") if b is not None else None for b in built]
+    return built.model_dump(mode="json")
+
+
+def _run(name: str, built: Any, cfg: PipelineConfig, f: st.Folders, log: Log) -> dict[str, Any]:
+    if name == "prepare":
+        return st.run_prepare_stage(built, f, log)
+    if name == "synthesize":
+        return st.run_synthesize_stage(built, f, log)
+    if name == "mine":
+        return st.run_mine_stage(built, f, log)
+    if name in ("train1", "train2"):
+        return st.run_train_stage(built, f, log)
+    if name == "evaluate":
+        return st.run_evaluate_stage(built, f, log, cfg.evaluate.on_regression)
+    return st.run_serve_stage(built, cfg, f, log)
+
+
+def run_pipeline(cfg: PipelineConfig, log: Log = print,
+                 after_stage: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run ``cfg.stages``; returns the manifest data. ``after_stage`` is a test hook."""
+    f = st.Folders(cfg.output)
+    manifest = Manifest(cfg.output, cfg.model_dump(mode="json"))
+    keys: dict[str, str] = {}
+    status = "failed"
+    try:
+        with connect(cfg.ray_address, cfg.num_cpus):
+            for i, name in enumerate(STAGES):
+                d = DEFS[name]
+                if name not in cfg.stages:  # a stage run earlier still feeds its key downstream
+                    if eio.exists(marker_path(cfg.output, name)):
+                        keys[name] = read_marker(cfg.output, name)["key"]
+                    continue
+                built = _build(name, cfg, f)
+                config = _dump(built)
+                key = stage_key({"stage": config}, [keys.get(u, "-") for u in d.upstream])
+                keys[name] = key
+                done = d.done_file(f)
+                entry: dict[str, Any] = {"key": key, "config": config, "outputs": d.outputs(f)}
+                log(f"\n== {name} ({i + 1}/{len(STAGES)})")
+                if name != "serve" and name not in cfg.force \
+                        and is_complete(cfg.output, name, key, done):
+                    previous = read_marker(cfg.output, name)
+                    log(f"[pipeline] {name}: complete for this config and inputs, skipped")
+                    manifest.record(name, {**entry, "status": "skipped",
+                                           "seconds": previous.get("seconds"),
+                                           "summary": previous.get("summary", {})})
+                    continue
+                if eio.exists(marker_path(cfg.output, name)) or name in cfg.force:
+                    # changed config/inputs or forced: start clean (an interrupted run without
+                    # a marker keeps its folder, so training resumes from its checkpoint)
+                    for out in d.outputs(f):
+                        eio.remove(out)
+                    eio.remove(marker_path(cfg.output, name))
+                t0 = time.time()
+                manifest.record(name, {**entry, "status": "running"})
+                try:
+                    summary = _run(name, built, cfg, f, log)
+                except BaseException as exc:
+                    manifest.record(name, {**entry, "status": "failed",
+                                           "seconds": round(time.time() - t0, 1),
+                                           "error": f"{type(exc).__name__}: {exc}"})
+                    raise
+                seconds = round(time.time() - t0, 1)
+                record = {**entry, "status": "ran", "seconds": seconds, "summary": summary}
+                manifest.record(name, record)
+                if name != "serve":
+                    mark_complete(cfg.output, name, key, {"seconds": seconds, "summary": summary})
+                if after_stage:
+                    after_stage(name, record)
+            if "serve" in cfg.stages and cfg.serve.keep_running:
+                log("[serve] serving until Ctrl-C")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
+        status = "finished"
+    finally:
+        manifest.finish(status)
+        log("\n" + summary_table(manifest.data))
+    return manifest.data
+
+
+def summary_table(data: dict[str, Any]) -> str:
+    """One line per stage: what ran, how long, and its headline numbers."""
+    lines = [f"{'stage':<11} {'status':<8} {'seconds':>8}  highlights"]
+    for name in STAGES:
+        e = data["stages"].get(name)
+        if e is None:
+            continue
+        s = e.get("summary") or {}
+        lines.append(f"{name:<11} {e['status']:<8} {e.get('seconds') or 0:>8.1f}  "
+                     f"{_highlights(name, s) if s else e.get('error', '')}"[:220])
+    lines.append(f"manifest: {data.get('status', 'running')}")
+    return "\n".join(lines)
+
+
+def _highlights(name: str, s: dict[str, Any]) -> str:
+    if name == "prepare":
+        return f"{s['samples']} samples {s['by_kind']}"
+    if name == "synthesize":
+        return f"{s['generated_rows']} generated rows from {s['llm_calls']} LLM calls, {s['rejected']} rejected"
+    if name == "mine":
+        return (f"{s['retrieval_samples']} queries, corpus {s['corpus']}, {s['negatives_kept']} "
+                f"negatives kept, {s['dropped']} dropped")
+    if name in ("train1", "train2"):
+        return f"{s['steps']} steps, final loss {s['final_loss']}, {s['examples_per_s']} ex/s"
+    if name == "evaluate":
+        parts = [f"{t} {s['before'].get(t, float('nan')):.4f} -> {v:.4f}" for t, v in sorted(s["after"].items())]
+        return ", ".join(parts) + ("" if s["passed"] else " (GATE FAILED)")
+    if name == "serve":
+        return f"{s['url']} ({s['documents']} documents searched)"
+    return ""

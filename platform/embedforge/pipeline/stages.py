@@ -1,0 +1,311 @@
+"""Each pipeline stage: its folder, how its config is composed from the pipeline's section and
+the folders of the stages before it, what marks it complete, and how it runs.
+
+Stage functions call the same library entry points as the single-stage jobs
+(``run_prepare``, ``run_synthesize``, ``run_mine``, ``run_train``, ``evaluate_and_gate``,
+``serve.run.deploy``), inside the one Ray connection the pipeline holds.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .. import io as eio
+from ..config import ConfigError, format_validation_error, load_yaml
+from .config import PipelineConfig
+
+Log = Callable[[str], None]
+
+
+class GateFailed(RuntimeError):
+    """The trained model regressed against the base model: nothing is served."""
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def compose(cls: type[BaseModel], section: dict[str, Any], wired: dict[str, Any], name: str) -> Any:
+    """``section['config']`` YAML <- the section's own keys <- what the pipeline wires in."""
+    section = dict(section)
+    base = load_yaml(section.pop("config")) if section.get("config") else {}
+    data = deep_merge(deep_merge(base, section), wired)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"pipeline section {name!r}")) from None
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where every stage writes, under the run folder."""
+
+    root: str
+
+    def __getattr__(self, name: str) -> str:  # prepared, synth, mined, train, eval, eval_base
+        names = {"prepared": "prepared", "synth": "synth", "mined": "mined", "train": "train",
+                 "eval": "eval", "eval_base": "eval-base", "cache": "cache"}
+        if name not in names:
+            raise AttributeError(name)
+        return eio.join(self.root, names[name])
+
+
+def data_folder(cfg: PipelineConfig, f: Folders) -> str:
+    """What mining and stage 2 read: the synthesized folder (originals + generated rows) when
+    synthesis is part of this run or has run before, else the prepared one."""
+    if "synthesize" in cfg.stages or eio.exists(eio.join(f.synth, "summary.json")):
+        return f.synth
+    return f.prepared
+
+
+def base_model(cfg: PipelineConfig) -> str:
+    model = (cfg.train.get("model") or {}).get("model")
+    if not model and cfg.train.get("config"):
+        model = (load_yaml(cfg.train["config"]).get("model") or {}).get("model")
+    if not model:
+        raise ConfigError("pipeline section 'train' needs model.model (the backbone)")
+    return model
+
+
+def final_model(f: Folders) -> str:
+    for n in (2, 1):
+        path = eio.join(f.train, f"stage{n}", "model")
+        if eio.exists(eio.join(path, "modules.json")):
+            return path
+    raise ConfigError(f"no trained model under {f.train} (run train1/train2 first)")
+
+
+def ray_fields(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"ray_address": cfg.ray_address, "num_cpus": cfg.num_cpus}
+
+
+# ---------------------------------------------------------------- prepare
+
+def build_prepare(cfg: PipelineConfig, f: Folders) -> Any:
+    from ..prepare import PrepareConfig
+
+    return compose(PrepareConfig, cfg.prepare, {"output": f.prepared, **ray_fields(cfg)}, "prepare")
+
+
+def run_prepare_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
+    from ..prepare import run_prepare
+    from ..prepare.stage import format_report
+
+    stats = run_prepare(scfg, log=log)
+    log(format_report(stats))
+    if stats["unusable_sources"]:
+        raise ConfigError(f"unusable sources: {stats['unusable_sources']}")
+    by_kind: dict[str, int] = {}
+    for d in stats["datasets"].values():
+        for k, n in d["by_kind"].items():
+            by_kind[k] = by_kind.get(k, 0) + n
+    return {"samples": stats["total_samples"], "by_kind": by_kind,
+            "datasets": len(stats["datasets"])}
+
+
+# ---------------------------------------------------------------- synthesize
+
+def build_synthesize(cfg: PipelineConfig, f: Folders) -> Any:
+    from ..synth.config import SynthConfig
+
+    return compose(SynthConfig, cfg.synthesize,
+                   {"input": f.prepared, "output": f.synth, **ray_fields(cfg)}, "synthesize")
+
+
+def run_synthesize_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
+    from ..synth.stage import format_report, run_synthesize
+
+    summary = run_synthesize(scfg, log=log)
+    log(format_report(summary))
+    return {"generated_rows": summary["generated_rows"], "rows_by_source": summary["rows_by_source"],
+            "llm_calls": summary["llm"]["calls"],
+            "rejected": sum(summary["rejections_by_reason"].values())}
+
+
+# ---------------------------------------------------------------- mine
+
+def build_mine(cfg: PipelineConfig, f: Folders) -> Any:
+    from ..mine.config import MineConfig
+
+    wired = {"input": data_folder(cfg, f), "output": f.mined, **ray_fields(cfg)}
+    section = dict(cfg.mine)
+    section.setdefault("cache", eio.join(f.cache, "embeddings"))  # survives a re-mine
+    if "model" not in (section.get("encoder") or {}) and not section.get("config"):
+        section["encoder"] = {**(section.get("encoder") or {}), "model": base_model(cfg)}
+    return compose(MineConfig, section, wired, "mine")
+
+
+def run_mine_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
+    from ..mine.stage import format_report, run_mine
+
+    summary = run_mine(scfg, log=log)
+    log(format_report(summary))
+    return {"retrieval_samples": summary["retrieval_samples"], "corpus": summary["corpus"],
+            "negatives_kept": sum(summary["negatives_kept_by_source"].values()),
+            "dropped": sum(summary["dropped_by_reason"].values()),
+            "plot": eio.join(f.mined, "audit.png")}
+
+
+# ---------------------------------------------------------------- train
+
+def build_train(cfg: PipelineConfig, f: Folders, stage: int) -> Any:
+    from ..train.config import TrainConfig
+
+    data = data_folder(cfg, f)
+    section = deep_merge(cfg.train, {"stage1": {"inputs": [f.mined]},
+                                     "stage2": {"inputs": [f.mined, data]}})
+    return compose(TrainConfig, section, {"output": f.train, "run": str(stage), **ray_fields(cfg)},
+                   "train")
+
+
+def run_train_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
+    from ..train.run import run_train
+
+    (s,) = run_train(scfg, log=log)["stages"]
+    final = s.get("final") or {}
+    return {"steps": s["steps"], "final_loss": final.get("loss"),
+            "examples_per_s": final.get("examples_per_s"), "model": s["model"],
+            "plot": eio.join(f.train, f"stage{s['stage']}", "loss.png")}
+
+
+# ---------------------------------------------------------------- evaluate
+
+def build_evaluate(cfg: PipelineConfig, f: Folders) -> tuple[Any, Any | None]:
+    """(trained-model config, base-model config or None)."""
+    from ..eval.config import EvalConfig
+    from ..eval.spec import parse_task_arg
+
+    ev = cfg.evaluate
+    if not ev.tasks:
+        raise ConfigError("pipeline section 'evaluate' needs tasks (NAME=KIND:PATH[:SPLIT])")
+    tasks = []
+    for arg in ev.tasks:
+        spec = parse_task_arg(arg)
+        tasks.append({**spec.model_dump(exclude_none=True), **ev.options.get(spec.name, {})})
+    common = {**ev.extra, "tasks": tasks, "tolerance": ev.tolerance, **ray_fields(cfg)}
+    base = None
+    if ev.baseline:
+        base = compose(EvalConfig, {}, {**common, "encoder": {"model": base_model(cfg)},
+                                        "output": f.eval_base,
+                                        "instructions": ev.baseline_instructions}, "evaluate")
+    trained_model = _planned_model(cfg, f)
+    after = compose(EvalConfig, {}, {**common, "encoder": {"model": trained_model}, "output": f.eval,
+                                     "baseline": f.eval_base if base else None}, "evaluate")
+    return after, base
+
+
+def _planned_model(cfg: PipelineConfig, f: Folders) -> str:
+    """The model evaluate/serve will use: stage 2's when this run trains it, else the newest."""
+    if "train2" in cfg.stages:
+        return eio.join(f.train, "stage2", "model")
+    if "train1" in cfg.stages:
+        return eio.join(f.train, "stage1", "model")
+    return final_model(f)
+
+
+def run_evaluate_stage(configs: tuple[Any, Any | None], f: Folders, log: Log,
+                       on_regression: str) -> dict[str, Any]:
+    from ..eval.job import evaluate_and_gate
+    from ..eval.output import load_scores
+
+    after, base = configs
+    before: dict[str, float] = {}
+    if base is not None:
+        key_file = eio.join(f.eval_base, "embedforge-key.json")
+        key = base.model_dump(mode="json", exclude={"ray_address", "num_cpus"})
+        if eio.exists(key_file) and eio.read_json(key_file) == key \
+                and eio.exists(eio.join(f.eval_base, "scores.json")):
+            log(f"[evaluate] base model scores from {f.eval_base}")
+        else:
+            out = evaluate_and_gate(base, log)
+            log(f"[evaluate] before: {out.headline()}")
+            eio.write_json(key, key_file)
+        before = load_scores(f.eval_base).scores
+    out = evaluate_and_gate(after, log)
+    log(f"[evaluate] after: {out.headline()}")
+    scores = out.run.scores
+    log(format_scores(before, scores))
+    result = {"before": before, "after": scores, "passed": out.passed,
+              "regressions": [r.line() for r in out.regressions],
+              "failed_tasks": out.failed, "report": eio.join(f.eval, "report.md"),
+              "plot": eio.join(f.eval, "chart.png")}
+    if out.failed:
+        raise GateFailed(f"evaluation tasks failed: {out.failed}")
+    if out.regressions:
+        msg = "; ".join(r.line() for r in out.regressions)
+        if on_regression == "fail":
+            raise GateFailed(f"the trained model regressed against the base model: {msg}")
+        log(f"[gate] WARNING (on_regression: warn): {msg}")
+    return result
+
+
+def format_scores(before: dict[str, float], after: dict[str, float]) -> str:
+    lines = [f"{'task':<16} {'before':>8} {'after':>8} {'change':>8}"]
+    for task in sorted(after):
+        a = after[task]
+        b = before.get(task)
+        change = f"{(a - b) * 100:+.2f}" if b is not None else "-"
+        lines.append(f"{task:<16} {b if b is not None else float('nan'):>8.4f} {a:>8.4f} "
+                     f"{change:>8}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- serve
+
+def build_serve(cfg: PipelineConfig, f: Folders) -> Any:
+    from ..cluster import free_port
+    from ..serve.config import ServeConfig
+
+    model = _planned_model(cfg, f)
+    wired = {"encoder": {"model": model}, "port": cfg.serve.port or free_port(),
+             "model_name": cfg.serve.extra.get("model_name") or "embedforge-demo"}
+    return compose(ServeConfig, cfg.serve.extra, wired, "serve")
+
+
+def demo_documents(cfg: PipelineConfig, f: Folders, limit: int = 500) -> list[str]:
+    """Documents to search in the showcase: the retrieval positives of the run's data."""
+    table = eio.read_samples(data_folder(cfg, f))
+    kinds, positives = table.column("kind").to_pylist(), table.column("positive").to_pylist()
+    docs = [p for k, p in zip(kinds, positives, strict=True) if k == "retrieval" and p]
+    return list(dict.fromkeys(docs))[:limit]
+
+
+def run_serve_stage(scfg: Any, cfg: PipelineConfig, f: Folders, log: Log) -> dict[str, Any]:
+    """Deploy the model, then search the run's documents for the configured queries through
+    the endpoint with the openai SDK, as a user would."""
+    import numpy as np
+    from openai import OpenAI
+
+    from ..serve.run import deploy
+
+    url = deploy(scfg)
+    log(f"[serve] {scfg.encoder.model} at {url}/v1/embeddings (OpenAI) and {url}/embed (TEI)")
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    docs = demo_documents(cfg, f)
+    queries = cfg.serve.queries
+    shown: dict[str, list[dict[str, Any]]] = {}
+    if docs and queries:
+        step = scfg.max_inputs
+        doc_vecs = np.array([d.embedding for i in range(0, len(docs), step)
+                             for d in client.embeddings.create(
+                                 model=scfg.model_name, input=docs[i:i + step],
+                                 extra_body={"truncate": True}).data])
+        resp = client.embeddings.create(model=scfg.model_name, input=queries,
+                                        extra_body={"prompt_name": "query", "truncate": True})
+        q_vecs = np.array([d.embedding for d in resp.data])
+        scores = q_vecs @ doc_vecs.T
+        for qi, q in enumerate(queries):
+            top = np.argsort(-scores[qi])[:cfg.serve.top_k]
+            shown[q] = [{"score": round(float(scores[qi, j]), 4), "document": docs[j]} for j in top]
+            log(f"\nquery: {q}")
+            for hit in shown[q]:
+                log(f"  {hit['score']:.3f}  {hit['document'][:110]}")
+    return {"url": url, "model": scfg.encoder.model, "documents": len(docs), "results": shown}

