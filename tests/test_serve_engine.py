@@ -55,7 +55,7 @@ def test_too_long_is_413_unless_truncated_keeping_special_tokens(engine):
 
 def test_unknown_prompt_name_lists_the_known_ones(engine):
     engine.prompts = {"query": "q: "}
-    with pytest.raises(InputError, match="unknown prompt 'passage' .*has: query"):
+    with pytest.raises(InputError, match=r"unknown prompt 'passage' .*has: query"):
         engine.prompt("passage")
     assert engine.prompt("query") == "q: " and engine.prompt(None) == ""
 
