@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,19 +44,6 @@ def health():
     return {"status": "ok"}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 '''
-
-
-def wait_up(url: str, timeout: float, proc: subprocess.Popen) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
 
 
 async def load(url: str, texts: list[str], clients: int, per_request: int, seconds: float,
@@ -114,6 +100,20 @@ def run_scenarios(url: str, texts: list[str], clients: list[int], per: list[int]
     return out
 
 
+def measure(cmd: list[str], port: int, env: dict[str, str], startup_s: float, texts: list[str],
+            clients: list[int], per: list[int], args: argparse.Namespace) -> dict[str, dict]:
+    """Start a server, load it through every scenario, stop it."""
+    from embedforge.cluster import wait_http
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", startup_s, proc)
+        return run_scenarios(url, texts, clients, per, args.seconds, args.max_requests)
+    finally:
+        stop(proc)
+
+
 def stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGINT)
@@ -147,29 +147,16 @@ def main() -> None:
 
     port = free_port()
     print(f"plain FastAPI + sentence-transformers (uvicorn, {args.threads} torch threads)")
-    proc = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, model, str(port), str(args.threads)],
-                            env=env, start_new_session=True)
-    try:
-        wait_up(f"http://127.0.0.1:{port}", 120, proc)
-        results["plain"] = run_scenarios(f"http://127.0.0.1:{port}", texts, clients, per,
-                                         args.seconds, args.max_requests)
-    finally:
-        stop(proc)
-
+    results["plain"] = measure([sys.executable, "-c", PLAIN_SERVER, model, str(port), str(args.threads)],
+                               port, env, 120, texts, clients, per, args)
     port = free_port()
     per_replica = max(1, args.threads // args.replicas)
     print(f"embedforge Ray Serve ({args.replicas} replica(s) x {per_replica} CPU, wait {args.wait_ms} ms)")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "serve.py"), "--encoder.model", model,
-                             "--port", str(port), "--num-cpus", str(per_replica),
-                             "--replicas", str(args.replicas), "--batch.wait-ms", str(args.wait_ms),
-                             "--num-cpus-cluster", str(args.threads + 1)],
-                            env=env, start_new_session=True)
-    try:
-        wait_up(f"http://127.0.0.1:{port}", 300, proc)
-        results["ours"] = run_scenarios(f"http://127.0.0.1:{port}", texts, clients, per,
-                                        args.seconds, args.max_requests)
-    finally:
-        stop(proc)
+    results["ours"] = measure([sys.executable, str(ROOT / "jobs" / "serve.py"), "--encoder.model", model,
+                               "--port", str(port), "--num-cpus", str(per_replica),
+                               "--replicas", str(args.replicas), "--batch.wait-ms", str(args.wait_ms),
+                               "--num-cpus-cluster", str(args.threads + 1)],
+                              port, env, 300, texts, clients, per, args)
 
     print("\nratio ours / plain (throughput; p99)")
     ratios = {}

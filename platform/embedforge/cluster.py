@@ -29,6 +29,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = None,
+              what: str = "server") -> None:
+    """Poll ``GET url`` until it answers 200; fail early if ``proc`` (the server) exits."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+
+
 def short_temp_dir(prefix: str = "ef-ray-") -> str:
     """Ray's socket paths must stay under ~107 bytes: keep temp dirs short, under /tmp."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
@@ -60,6 +79,9 @@ def connect(
         started = False
     else:
         tmp = short_temp_dir()
+        metrics_port = os.environ.get("EMBEDFORGE_METRICS_PORT")  # a fixed port to scrape
+        if metrics_port:
+            kwargs["_metrics_export_port"] = int(metrics_port)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  _temp_dir=tmp, **kwargs)
         started = True

@@ -80,14 +80,18 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
 
 def test_a_failing_stage_is_recorded_and_earlier_work_kept(tmp_path):
     out = str(tmp_path / "run")
-    bad = config(out, stages=["prepare", "evaluate"],
-                 evaluate={"tasks": ["sts=sts:/nonexistent/sts.tsv"]})
+    bad = config(out, stages=["prepare", "mine"], mine={"corpus": "/nonexistent/corpus.jsonl"})
     with pytest.raises(Exception, match="nonexistent"):
         run_pipeline(bad, log=lambda _m: None)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed"
     assert manifest["stages"]["prepare"]["status"] == "ran"
+    assert manifest["stages"]["mine"]["status"] == "failed"
+    assert "nonexistent" in manifest["stages"]["mine"]["error"]
+    # evaluating before anything was trained: a config mistake, recorded the same way
+    with pytest.raises(Exception, match="no trained model"):
+        run_pipeline(config(out, stages=["evaluate"]), log=lambda _m: None)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["evaluate"]["status"] == "failed"
-    assert "nonexistent" in manifest["stages"]["evaluate"]["error"]
     redo = run_pipeline(config(out, stages=["prepare"]), log=lambda _m: None)
     assert statuses(redo) == {"prepare": "skipped"}

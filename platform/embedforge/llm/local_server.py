@@ -23,11 +23,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from ..cluster import free_port
+from ..cluster import free_port, wait_http
 
 
 def default_gguf() -> str:
@@ -64,18 +63,7 @@ def server_command(backend: str, model: str, port: int, n_ctx: int, threads: int
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen[Any], timeout: float, log_path: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"local LLM server exited with {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"local LLM server not ready after {timeout}s; see {log_path}")
+    wait_http(f"{base_url}/models", timeout, proc, what=f"local LLM server (log: {log_path})")
 
 
 @contextlib.contextmanager

@@ -38,7 +38,6 @@ class EvaluateSection(ConfigSection):
 class ServeSection(ConfigSection):
     """The endpoint the pipeline ends with, and the query it shows."""
 
-    enabled: bool = Field(True, description="deploy the final model on Ray Serve")
     port: int = Field(0, ge=0, le=65535, description="HTTP port (0: a free one)")
     queries: list[str] = Field(default_factory=list, description="queries to show results for")
     top_k: int = Field(3, ge=1, description="documents shown per query")
@@ -51,7 +50,7 @@ class PipelineConfig(JobConfig):
     and config, and write OUTPUT/manifest.json (inputs, configs, versions, outputs, metrics)."""
 
     cli_exclude: ClassVar[frozenset[str]] = frozenset(
-        {"prepare", "synthesize", "mine", "train", "evaluate", "serve"})
+        {"prepare", "synthesize", "mine", "train"})
 
     output: str = Field(description="run folder: one sub-folder per stage + manifest.json")
     stages: list[StageName] = Field(default_factory=lambda: list(STAGES),

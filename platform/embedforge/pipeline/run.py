@@ -90,7 +90,12 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                     if eio.exists(marker_path(cfg.output, name)):
                         keys[name] = read_marker(cfg.output, name)["key"]
                     continue
-                built = _build(name, cfg, f)
+                try:
+                    built = _build(name, cfg, f)
+                except Exception as exc:  # a wiring/config mistake: recorded, then raised
+                    manifest.record(name, {"status": "failed",
+                                           "error": f"{type(exc).__name__}: {exc}"})
+                    raise
                 config = _dump(built)
                 key = stage_key({"stage": config}, [keys.get(u, "-") for u in d.upstream])
                 keys[name] = key

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from ..cluster import wait_http
 from .config import ServeConfig
 
 
@@ -21,21 +21,5 @@ def deploy(cfg: ServeConfig, timeout_s: float = 600.0) -> str:
               _local_testing_mode=False)
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}" \
           f"{cfg.route_prefix.rstrip('/')}"
-    wait_healthy(url, timeout_s)
+    wait_http(f"{url}/health", timeout_s, what=f"Serve application {cfg.name!r}")
     return url
-
-
-def wait_healthy(url: str, timeout_s: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.time() > deadline:
-            raise TimeoutError(f"{url}/health did not answer within {timeout_s:.0f} s")
-        time.sleep(0.5)
