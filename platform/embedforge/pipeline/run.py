@@ -17,62 +17,50 @@ from .state import Manifest, is_complete, mark_complete, marker_path, read_marke
 Log = Callable[[str], None]
 
 
+Build = Callable[[PipelineConfig, st.Folders], Any]
+Run = Callable[[Any, PipelineConfig, st.Folders, Log], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class StageDef:
     upstream: tuple[str, ...]
     outputs: Callable[[st.Folders], list[str]]       # cleared when the stage must re-run
     done_file: Callable[[st.Folders], str | None]    # exists once the stage's output is whole
+    build: Build                                     # the stage's resolved config
+    run: Run                                         # runs it; returns the manifest summary
 
 
 DEFS: dict[str, StageDef] = {
-    "prepare": StageDef((), lambda f: [f.prepared], lambda f: eio.join(f.prepared, "summary.json")),
-    "synthesize": StageDef(("prepare",), lambda f: [f.synth],
-                           lambda f: eio.join(f.synth, "summary.json")),
-    "mine": StageDef(("prepare", "synthesize"), lambda f: [f.mined],
-                     lambda f: eio.join(f.mined, "summary.json")),
-    "train1": StageDef(("mine",), lambda f: [eio.join(f.train, "stage1")],
-                       lambda f: eio.join(f.train, "stage1", "model", "modules.json")),
-    "train2": StageDef(("train1", "mine", "synthesize", "prepare"),
-                       lambda f: [eio.join(f.train, "stage2")],
-                       lambda f: eio.join(f.train, "stage2", "model", "modules.json")),
-    "evaluate": StageDef(("train1", "train2"), lambda f: [f.eval],
-                         lambda f: eio.join(f.eval, "scores.json")),
-    "serve": StageDef(("train1", "train2"), lambda f: [], lambda f: None),
+    "prepare": StageDef(
+        (), lambda f: [f.prepared], lambda f: eio.join(f.prepared, "summary.json"),
+        st.build_prepare, lambda b, c, f, log: st.run_prepare_stage(b, f, log)),
+    "synthesize": StageDef(
+        ("prepare",), lambda f: [f.synth], lambda f: eio.join(f.synth, "summary.json"),
+        st.build_synthesize, lambda b, c, f, log: st.run_synthesize_stage(b, f, log)),
+    "mine": StageDef(
+        ("prepare", "synthesize"), lambda f: [f.mined], lambda f: eio.join(f.mined, "summary.json"),
+        st.build_mine, lambda b, c, f, log: st.run_mine_stage(b, f, log)),
+    "train1": StageDef(
+        ("mine",), lambda f: [eio.join(f.train, "stage1")],
+        lambda f: eio.join(f.train, "stage1", "model", "modules.json"),
+        lambda c, f: st.build_train(c, f, 1), lambda b, c, f, log: st.run_train_stage(b, f, log)),
+    "train2": StageDef(
+        ("train1", "mine", "synthesize", "prepare"), lambda f: [eio.join(f.train, "stage2")],
+        lambda f: eio.join(f.train, "stage2", "model", "modules.json"),
+        lambda c, f: st.build_train(c, f, 2), lambda b, c, f, log: st.run_train_stage(b, f, log)),
+    "evaluate": StageDef(
+        ("train1", "train2"), lambda f: [f.eval], lambda f: eio.join(f.eval, "scores.json"),
+        st.build_evaluate,
+        lambda b, c, f, log: st.run_evaluate_stage(b, f, log, c.evaluate.on_regression)),
+    "serve": StageDef(("train1", "train2"), lambda f: [], lambda f: None, st.build_serve,
+                      st.run_serve_stage),
 }
-
-
-def _build(name: str, cfg: PipelineConfig, f: st.Folders) -> Any:
-    if name == "prepare":
-        return st.build_prepare(cfg, f)
-    if name == "synthesize":
-        return st.build_synthesize(cfg, f)
-    if name == "mine":
-        return st.build_mine(cfg, f)
-    if name in ("train1", "train2"):
-        return st.build_train(cfg, f, int(name[-1]))
-    if name == "evaluate":
-        return st.build_evaluate(cfg, f)
-    return st.build_serve(cfg, f)
 
 
 def _dump(built: Any) -> Any:
     if isinstance(built, tuple):
         return [b.model_dump(mode="json") if b is not None else None for b in built]
     return built.model_dump(mode="json")
-
-
-def _run(name: str, built: Any, cfg: PipelineConfig, f: st.Folders, log: Log) -> dict[str, Any]:
-    if name == "prepare":
-        return st.run_prepare_stage(built, f, log)
-    if name == "synthesize":
-        return st.run_synthesize_stage(built, f, log)
-    if name == "mine":
-        return st.run_mine_stage(built, f, log)
-    if name in ("train1", "train2"):
-        return st.run_train_stage(built, f, log)
-    if name == "evaluate":
-        return st.run_evaluate_stage(built, f, log, cfg.evaluate.on_regression)
-    return st.run_serve_stage(built, cfg, f, log)
 
 
 def run_pipeline(cfg: PipelineConfig, log: Log = print,
@@ -91,7 +79,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                         keys[name] = read_marker(cfg.output, name)["key"]
                     continue
                 try:
-                    built = _build(name, cfg, f)
+                    built = d.build(cfg, f)
                 except Exception as exc:  # a wiring/config mistake: recorded, then raised
                     manifest.record(name, {"status": "failed",
                                            "error": f"{type(exc).__name__}: {exc}"})
@@ -119,7 +107,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                 t0 = time.time()
                 manifest.record(name, {**entry, "status": "running"})
                 try:
-                    summary = _run(name, built, cfg, f, log)
+                    summary = d.run(built, cfg, f, log)
                 except BaseException as exc:
                     manifest.record(name, {**entry, "status": "failed",
                                            "seconds": round(time.time() - t0, 1),

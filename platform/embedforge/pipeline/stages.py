@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from .. import io as eio
 from ..config import ConfigError, format_validation_error, load_yaml
 from .config import PipelineConfig
+from .state import is_complete, mark_complete, stage_key
 
 Log = Callable[[str], None]
 
@@ -50,12 +51,33 @@ class Folders:
 
     root: str
 
-    def __getattr__(self, name: str) -> str:  # prepared, synth, mined, train, eval, eval_base
-        names = {"prepared": "prepared", "synth": "synth", "mined": "mined", "train": "train",
-                 "eval": "eval", "eval_base": "eval-base", "cache": "cache"}
-        if name not in names:
-            raise AttributeError(name)
-        return eio.join(self.root, names[name])
+    @property
+    def prepared(self) -> str:
+        return eio.join(self.root, "prepared")
+
+    @property
+    def synth(self) -> str:
+        return eio.join(self.root, "synth")
+
+    @property
+    def mined(self) -> str:
+        return eio.join(self.root, "mined")
+
+    @property
+    def train(self) -> str:
+        return eio.join(self.root, "train")
+
+    @property
+    def eval(self) -> str:
+        return eio.join(self.root, "eval")
+
+    @property
+    def eval_base(self) -> str:
+        return eio.join(self.root, "eval-base")
+
+    @property
+    def cache(self) -> str:
+        return eio.join(self.root, "cache")
 
 
 def data_folder(cfg: PipelineConfig, f: Folders) -> str:
@@ -219,15 +241,15 @@ def run_evaluate_stage(configs: tuple[Any, Any | None], f: Folders, log: Log,
     after, base = configs
     before: dict[str, float] = {}
     if base is not None:
-        key_file = eio.join(f.eval_base, "embedforge-key.json")
-        key = base.model_dump(mode="json", exclude={"ray_address", "num_cpus"})
-        if eio.exists(key_file) and eio.read_json(key_file) == key \
-                and eio.exists(eio.join(f.eval_base, "scores.json")):
+        # the base model's scores depend on its config only: kept across re-trainings with the
+        # same completion marker the stages use
+        key = stage_key(base.model_dump(mode="json"), [])
+        if is_complete(f.root, "evaluate-base", key, eio.join(f.eval_base, "scores.json")):
             log(f"[evaluate] base model scores from {f.eval_base}")
         else:
             out = evaluate_and_gate(base, log)
             log(f"[evaluate] before: {out.headline()}")
-            eio.write_json(key, key_file)
+            mark_complete(f.root, "evaluate-base", key, {})
         before = load_scores(f.eval_base).scores
     out = evaluate_and_gate(after, log)
     log(f"[evaluate] after: {out.headline()}")

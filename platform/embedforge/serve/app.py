@@ -88,7 +88,7 @@ class EmbeddingServer:
         for it in flat[:: max(1, len(flat) // 16)]:  # a sample: observing each text costs more
             metrics.observe("embedforge_serve_queue_wait_seconds", start - it.enqueued)
         metrics.observe("embedforge_serve_batch_texts", len(flat))
-        metrics.observe("embedforge_serve_batch_tokens", sum(it.tokens for it in flat))
+        metrics.observe("embedforge_serve_batch_tokens", _chunk_tokens(chunks))
         out, pos = [], 0
         for chunk in chunks:
             out.append(vectors[pos:pos + len(chunk)])

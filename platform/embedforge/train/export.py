@@ -1,9 +1,10 @@
 """Checkpoint -> a folder that sentence-transformers, transformers and our Encoder all load.
 
 The export is a plain sentence-transformers folder: HF weights + tokenizer at the root, then
-Pooling (the trained mode, and whether instruction tokens are pooled) and Normalize modules, ``max_seq_length``, and the query/document
-prompts in ``config_sentence_transformers.json``. Bidirectional decoders carry
-``is_causal: false`` in ``config.json``, so they load bidirectional anywhere.
+Pooling (the trained mode, and whether instruction tokens are pooled) and Normalize modules,
+``max_seq_length``, and the query/document prompts in ``config_sentence_transformers.json``.
+Bidirectional decoders carry ``is_causal: false`` in ``config.json``, so they load
+bidirectional anywhere.
 """
 
 from __future__ import annotations

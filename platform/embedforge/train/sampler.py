@@ -74,20 +74,19 @@ class BatchPlan:
         self.batch_sizes = batch_sizes
         # a dataset smaller than one batch of its kind cannot keep "one dataset per batch":
         # it is left out (and reported) rather than failing the run or being padded with repeats
-        self.skipped = [(d.name, d.size, batch_sizes[d.kind]) for d in self.datasets
-                        if d.size < batch_sizes[d.kind]]
-        if len(self.skipped) == len(self.datasets):
+        usable = [i for i, d in enumerate(self.datasets) if d.size >= batch_sizes[d.kind]]
+        self.skipped = [(d.name, d.size, batch_sizes[d.kind]) for i, d in enumerate(self.datasets)
+                        if i not in usable]
+        if not usable:
             raise ValueError("every dataset is smaller than one batch of its kind: "
                              + ", ".join(f"{n} ({s} rows < {b})" for n, s, b in self.skipped)
                              + "; lower the batch sizes")
-
         self.seed = seed
         self.keys_of = keys_of
         self._choices: list[int] = []
         self._uses: list[int] = []  # how many batches of the same dataset came before each step
         self._counts = [0] * len(datasets)
         self._prefix: list[tuple[int, ...]] = []  # batches per dataset before each step
-        usable = [i for i, d in enumerate(self.datasets) if d.size >= batch_sizes[d.kind]]
         retr = [i for i in usable if self.datasets[i].kind == "retrieval"]
         other = [i for i in usable if self.datasets[i].kind != "retrieval"]
         if retrieval_share is not None and retr and other:
