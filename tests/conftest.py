@@ -18,9 +18,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (read-only public data); tests needing it are skipped without it."""
+    """``../shared/data`` (read-only public data). Without it, tests needing it are skipped on a
+    developer's machine and fail under CI (``CI`` set), where a silent skip would hide them."""
     if not (SHARED_DATA / "README.md").exists():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        message = f"shared data not found at {SHARED_DATA} (set EMBEDFORGE_SHARED_DATA)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED_DATA
 
 

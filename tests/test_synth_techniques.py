@@ -51,7 +51,7 @@ def test_retrieval_gets_all_three_techniques_with_provenance():
     assert sources == ["augment", "paraphrase", "paraphrase"]
     for r in res.rows:
         meta = json.loads(r["meta"])
-        assert r["parent_id"] == s["id"] and meta["model"] == "m" and meta["template"].endswith(".v1")
+        assert r["parent_id"] == s["id"] and meta["model"] == "m" and meta["template"].endswith(".v2")
         assert meta["technique"] in ("paraphrase", "augment") and "attempt" in meta
     aug = next(r for r in res.rows if r["source"] == "augment")
     assert len(aug["negatives"]) == 1

@@ -25,6 +25,11 @@ class ConfigError(ValueError):
     """A user mistake in a config file or on the command line (printed without traceback)."""
 
 
+class JobFailed(RuntimeError):
+    """A job that cannot go on for a reason the user must act on (a dead server, a provider
+    outage): one ``error:`` line and exit 1, with everything finished so far kept."""
+
+
 class ConfigSection(BaseModel):
     """Base for nested config sections: unknown keys are errors here too."""
 
@@ -247,6 +252,9 @@ def run_cli(main: typing.Callable[[], int | None]) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     raise SystemExit(code or 0)
 
 

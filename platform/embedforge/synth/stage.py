@@ -21,6 +21,7 @@ import pyarrow as pa
 from .. import io as eio
 from .. import metrics
 from ..cluster import connect
+from ..config import JobFailed
 from ..llm.cache import ResponseCache
 from ..llm.coordinator import Coordinator, PartitionedLimiter, RemoteLimiter, can_partition
 from ..llm.gateway import Gateway, estimate_cost
@@ -132,17 +133,23 @@ class SynthWorker:
 
 
 def _first_selected_ids(files: list[str], cfg: SynthConfig) -> list[str]:
-    """Ids of the first ``cfg.limit`` samples matching kinds/datasets (others pass through)."""
+    """Ids of the first ``cfg.limit`` samples matching kinds/datasets, at most
+    ``cfg.limit_per_dataset`` of each dataset (the others pass through unchanged)."""
     import pyarrow.parquet as pq
 
     ids: list[str] = []
+    per: Counter[str] = Counter()
     for f in files:
         fs, p = eio._fs_and_path(f)
         for r in pq.read_table(p, columns=["id", "kind", "dataset"], filesystem=fs).to_pylist():
-            if r["kind"] in cfg.kinds and (not cfg.datasets or r["dataset"] in cfg.datasets):
-                ids.append(r["id"])
-                if len(ids) >= (cfg.limit or 0):
-                    return ids
+            if r["kind"] not in cfg.kinds or (cfg.datasets and r["dataset"] not in cfg.datasets):
+                continue
+            if cfg.limit_per_dataset is not None and per[r["dataset"]] >= cfg.limit_per_dataset:
+                continue
+            per[r["dataset"]] += 1
+            ids.append(r["id"])
+            if cfg.limit is not None and len(ids) >= cfg.limit:
+                return ids
     return ids
 
 
@@ -242,9 +249,7 @@ class Finalizer:
 
 def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
     """Run the stage end to end; returns the summary also written to OUTPUT/summary.json."""
-    import ray
-
-    from ..llm.local_server import choose_backend, local_llm
+    from ..llm.local_server import local_llm
 
     t0 = time.time()
     files = eio.sample_files(cfg.input)
@@ -256,46 +261,71 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
         eio.remove(eio.join(cfg.output, sub))
     eio.makedirs(cfg.output)
     if not cfg.llm.base_url:
-        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(
-            update={"timeout_s": max(cfg.llm.timeout_s, cfg.local_llm.request_timeout_s)})})
+        # the embedded engines both take the schema as {"type": "json_object", "schema": ...}
+        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={
+            "timeout_s": max(cfg.llm.timeout_s, cfg.local_llm.request_timeout_s),
+            "json_mode": "object_schema" if cfg.llm.json_mode == "schema" else cfg.llm.json_mode})})
     cfg_json = cfg.model_dump_json()
-    if not cfg.llm.base_url and choose_backend(cfg.local_llm.backend) == "llama_cpp" \
-            and cfg.llm.json_mode == "schema":
-        # llama-cpp-python takes the schema as {"type": "json_object", "schema": ...}
-        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"json_mode": "object_schema"})})
-        cfg_json = cfg.model_dump_json()
-    with connect(cfg.ray_address, cfg.num_cpus), local_llm(cfg, log) as base_url:
-        coordinator = Coordinator.remote(cfg.llm.max_concurrency, cfg.llm.rpm, cfg.llm.tpm,
-                                         cfg.llm.rate_window_s)
-        ds = ray.data.read_parquet(files)
-        only_ids = _first_selected_ids(files, cfg) if cfg.limit else None
-        # enough blocks for every actor to have work (a small file is one block otherwise)
-        ds = ds.repartition(max(cfg.num_actors * 4, 1))
-        log(f"[synthesize] {cfg.techniques} via {base_url} (model {cfg.llm.model}, "
-            f"{cfg.num_actors} actors, max {cfg.llm.max_concurrency} in flight)")
-        out = ds.map_batches(
-            SynthWorker, fn_constructor_kwargs={
-                "cfg_json": cfg_json, "coordinator": coordinator, "base_url": base_url,
-                # the key travels as an argument, never in configs, logs, caches or outputs
-                "api_key": os.environ.get(cfg.llm.api_key_env), "only_ids": only_ids},
-            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), batch_size=cfg.batch_size,
-            batch_format="pyarrow", num_cpus=cfg.cpus_per_actor,
-        )
-        with _Progress(coordinator, log):
-            out.write_parquet(eio.join(cfg.output, RAW_DIR))
-        stats = ray.get(coordinator.stats.remote())
-        drop, _exact = duplicate_ids(eio.join(cfg.output, RAW_DIR))
-        log(f"[synthesize] dedup: {len(drop)} generated rows repeat earlier ones")
-        final = ray.data.read_parquet(eio.join(cfg.output, RAW_DIR)).map_batches(
-            Finalizer, fn_constructor_kwargs={"drop": drop, "cfg_json": cfg_json},
-            compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow",
-            batch_size=256, num_cpus=cfg.cpus_per_actor,
-        )
-        final.write_parquet(eio.join(cfg.output, SAMPLES_DIR))
+    with connect(cfg.ray_address, cfg.num_cpus), local_llm(cfg, log) as llm:
+        try:
+            stats, drop = _generate(cfg, cfg_json, files, llm.base_url, log)
+        except KeyboardInterrupt:
+            if llm.watch is not None and llm.watch.died is not None:
+                raise llm.watch.error() from None
+            raise
+    check_not_an_outage(stats, cache_root(cfg), eio.join(cfg.output, ERRORS_DIR))
     eio.remove(eio.join(cfg.output, RAW_DIR))
     summary = _summary(cfg, stats, len(drop), time.time() - t0)
     eio.write_json(summary, eio.join(cfg.output, "summary.json"))
     return summary
+
+
+def _generate(cfg: SynthConfig, cfg_json: str, files: list[str], base_url: str,
+              log) -> tuple[dict[str, Any], set[str]]:
+    """Named steps: LLM actors write raw rows -> find duplicates -> finalise into samples/."""
+    import ray
+
+    coordinator = Coordinator.remote(cfg.llm.max_concurrency, cfg.llm.rpm, cfg.llm.tpm,
+                                     cfg.llm.rate_window_s)
+    ds = ray.data.read_parquet(files)
+    limited = cfg.limit is not None or cfg.limit_per_dataset is not None
+    only_ids = _first_selected_ids(files, cfg) if limited else None
+    # enough blocks for every actor to have work (a small file is one block otherwise)
+    ds = ds.repartition(max(cfg.num_actors * 4, 1))
+    log(f"[synthesize] {cfg.techniques} via {base_url} (model {cfg.llm.model}, "
+        f"{cfg.num_actors} actors, max {cfg.llm.max_concurrency} in flight)")
+    out = ds.map_batches(
+        SynthWorker, fn_constructor_kwargs={
+            "cfg_json": cfg_json, "coordinator": coordinator, "base_url": base_url,
+            # the key travels as an argument, never in configs, logs, caches or outputs
+            "api_key": os.environ.get(cfg.llm.api_key_env), "only_ids": only_ids},
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), batch_size=cfg.batch_size,
+        batch_format="pyarrow", num_cpus=cfg.cpus_per_actor,
+    )
+    with _Progress(coordinator, log):
+        out.write_parquet(eio.join(cfg.output, RAW_DIR))
+    stats = ray.get(coordinator.stats.remote())
+    drop, _exact = duplicate_ids(eio.join(cfg.output, RAW_DIR))
+    log(f"[synthesize] dedup: {len(drop)} generated rows repeat earlier ones")
+    final = ray.data.read_parquet(eio.join(cfg.output, RAW_DIR)).map_batches(
+        Finalizer, fn_constructor_kwargs={"drop": drop, "cfg_json": cfg_json},
+        compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow",
+        batch_size=256, num_cpus=cfg.cpus_per_actor,
+    )
+    final.write_parquet(eio.join(cfg.output, SAMPLES_DIR))
+    return stats, drop
+
+
+def check_not_an_outage(stats: dict[str, Any], cache: str, errors: str) -> None:
+    """A run in which every LLM call failed (none answered, none came from the cache) is a
+    provider outage or a wrong endpoint/key, not a success with zero generated rows."""
+    calls, failed = int(stats.get("calls", 0)), int(stats.get("failed", 0))
+    if failed and not stats.get("ok") and not stats.get("cache_hits"):
+        kinds = {k[len("error_"):]: v for k, v in stats.items() if k.startswith("error_") and v}
+        raise JobFailed(
+            f"every LLM request failed ({failed} requests, {calls} attempts; errors by kind: "
+            f"{kinds or 'none'}): is the API at --llm.base-url reachable and the key valid? "
+            f"Failed rows are in {errors}; the response cache ({cache}) is kept for a re-run")
 
 
 class _Progress:

@@ -557,6 +557,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     p.add_argument("--rpm-limit", type=int, default=None, help="server-enforced rpm")
     p.add_argument("--rpm-window", type=float, default=60.0)
+    p.add_argument("--responder", choices=["echo", "synth"], default="echo",
+                   help="echo the prompt, or answer synthesis prompts (testing.responders)")
+    p.add_argument("--crash-after", type=int, default=None,
+                   help="die with SIGSEGV on the Nth chat completion (a native crash mid-run)")
     for f in fields(FaultPlan):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "poison_marker":
@@ -569,12 +573,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _crashing(responder: Callable[[dict[str, Any]], str], nth: int) -> Callable[[dict[str, Any]], str]:
+    """The process dies the way llama.cpp did on some CPUs: SIGSEGV on the ``nth`` answer."""
+    import os
+
+    seen = [0]
+
+    def answer(request: dict[str, Any]) -> str:
+        seen[0] += 1
+        if seen[0] >= nth:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return responder(request)
+
+    return answer
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; the READY line tells a parent process where to connect."""
     args = _parse_args(argv)
     plan = FaultPlan(**{f.name: getattr(args, f.name) for f in fields(FaultPlan)})
+    responder = default_responder
+    if args.responder == "synth":
+        from .responders import synth_responder as responder
+    if args.crash_after is not None:
+        responder = _crashing(responder, args.crash_after)
     server = FakeLLMServer(latency=args.latency, faults=plan, rpm_limit=args.rpm_limit,
-                           host=args.host, port=args.port, rpm_window=args.rpm_window)
+                           host=args.host, port=args.port, rpm_window=args.rpm_window,
+                           responder=responder)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: object) -> None:

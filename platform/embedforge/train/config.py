@@ -96,6 +96,10 @@ class TrainConfig(JobConfig):
     batch_size: BatchSizes = Field(default_factory=BatchSizes)
     loss: LossSettings = Field(default_factory=LossSettings)
     alpha: float = Field(0.5, ge=0, le=1, description="dataset sampling p ∝ n^α")
+    min_batch_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="a dataset whose rows cannot fill its kind's batch with distinct texts trains "
+                    "with a smaller batch down to this fraction of it, else it is left out")
     grad_cache_chunk: int | None = Field(
         None, ge=1, description="GradCache: texts per forward (effective batch independent of memory)")
     weight_decay: float = Field(0.01, ge=0)

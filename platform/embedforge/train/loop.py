@@ -70,7 +70,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from .data import TrainData
     from .losses import gather_all
     from .model import batch_groups, batch_loss, build_model, loss_step
-    from .sampler import BatchPlan, rank_slice
+    from .sampler import BatchDecision, BatchPlan, rank_slice
 
     cfg = TrainConfig.model_validate(config["cfg"])
     n = int(config["stage"])
@@ -104,14 +104,12 @@ def train_worker(config: dict[str, Any]) -> None:
     data = TrainData(config["data_dir"], config["manifest"], cfg.loss.num_negatives, cfg.seed)
     plan = BatchPlan(data.infos, cfg.batch_size.as_dict(), alpha=cfg.alpha,
                      retrieval_share=st.retrieval_share if n == 2 else None, seed=cfg.seed,
-                     keys_of=data.keys)
+                     keys_of=data.keys, world=world,
+                     decisions=[BatchDecision(**x) for x in config["decisions"]])
     log_path = config.get("metrics_log")
     if rank == 0:
         _truncate_history(log_path, start)
     if rank == 0:
-        for name, size, bs in plan.skipped:
-            print(f"[train] stage {n}: dataset {name!r} left out: {size} rows < one batch of {bs}",
-                  flush=True)
         print(f"[train] stage {n}: {world} worker(s), steps {start}->{st.steps}, datasets "
               + ", ".join(f"{d.name}({d.kind}, {d.size})" for d in data.infos), flush=True)
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 from .. import io as eio
 from ..cluster import connect
+from ..config import ConfigError
 from ..schema import KINDS
 from .config import TrainConfig
-from .data import materialize, sample_files
+from .data import TrainData, materialize, sample_files
+from .sampler import BatchDecision, plan_batch_sizes
 
 
 def _abs(path: str) -> str:
@@ -35,6 +38,15 @@ def _query_instruction(manifest: list[dict[str, Any]], data_dir: str) -> str | N
                 col = pa.ipc.open_file(src).read_all().column("instruction").to_pylist()
             counts.update(x for x in col if x)
     return counts.most_common(1)[0][0] if counts else None
+
+
+def decide_batches(cfg: TrainConfig, data_dir: str, manifest: list[dict[str, Any]]) -> list[BatchDecision]:
+    """Each dataset's batch size, decided here on the driver before any worker starts: a
+    dataset whose texts clash too much trains with a smaller batch or is left out, reported,
+    instead of failing every rank mid-run."""
+    data = TrainData(data_dir, manifest, cfg.loss.num_negatives, cfg.seed)
+    return plan_batch_sizes(data.infos, cfg.batch_size.as_dict(), data.keys,
+                            world=cfg.num_workers, min_fraction=cfg.min_batch_fraction)
 
 
 def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
@@ -58,12 +70,20 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
     data_dir = os.path.join(stage_dir, "data")
     manifest = materialize([_abs(x) for x in st.inputs], data_dir, kinds)
     log(f"[train] stage {n}: " + ", ".join(f"{d['name']} ({d['kind']}, {d['size']})" for d in manifest))
+    decisions = decide_batches(cfg, data_dir, manifest)
+    for x in decisions:
+        if x.action != "ok":
+            log(f"[train] stage {n}: dataset {x.describe()}")
+    if not any(x.batch for x in decisions):
+        raise ConfigError(f"stage {n}: no dataset can fill one batch of its kind: "
+                          + "; ".join(x.describe() for x in decisions) + "; lower --batch-size")
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = cfg.use_gpu == "yes" or (cfg.use_gpu == "auto" and gpus > 0)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": n, "init": init_path,
                            "data_dir": data_dir, "manifest": manifest, "use_gpu": use_gpu,
+                           "decisions": [asdict(x) for x in decisions],
                            "metrics_log": os.path.join(stage_dir, "metrics.jsonl"), **(fault or {})},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
@@ -91,6 +111,7 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
     ray.get(export.remote(ckpt))
     history = eio.read_jsonl(os.path.join(stage_dir, "metrics.jsonl"))
     summary = {"stage": n, "init": init_path, "model": model_dir, "datasets": manifest,
+               "batches": [asdict(x) for x in decisions],
                "steps": st.steps, "final": result.metrics, "history_rows": len(history),
                "seconds": round(time.time() - t0, 1), "checkpoint": ckpt.path}
     _plot(history, os.path.join(stage_dir, "loss.png"), n)
