@@ -81,7 +81,7 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
     seen: set[str] = set()
     for inp in inputs:
         for path in sample_files(inp):
-            fs, p = eio._fs_and_path(path)
+            fs, p = eio.fs_and_path(path)
             table = pq.read_table(p, filesystem=fs)
             for (dataset, kind), part in _groups(table):
                 if kind not in kinds:
@@ -256,7 +256,7 @@ def _local_copy(data_dir: str) -> str:
         return data_dir.removeprefix("file://")
     target = os.path.join(tempfile.gettempdir(), "embedforge-train", _safe(data_dir))
     if not os.path.exists(os.path.join(target, "manifest.json")):
-        fs, p = eio._fs_and_path(data_dir)
+        fs, p = eio.fs_and_path(data_dir)
         tmp = target + f".tmp{os.getpid()}"
         fs.get(p, tmp, recursive=True)
         shutil.rmtree(target, ignore_errors=True)
