@@ -9,8 +9,8 @@ import pytest
 from embedforge.config import ConfigError, parse_config
 from embedforge.eval import readers
 from embedforge.eval.config import EvalConfig
-from embedforge.eval.instructions import InstructionMap, applies
 from embedforge.eval.spec import TaskSpec, parse_task_arg
+from embedforge.instructions import InstructionMap, applies
 
 
 def test_parse_task_arg_kinds_and_splits():

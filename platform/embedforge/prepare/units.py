@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from .. import __version__
 from .. import io as eio
 from ..data.formats import get_format, looks_like_header
-from ..data.instructions import resolve_instruction
 from ..data.retrieval import beir_doc_text, from_beir_qrel
 from ..data.spec import SourceSpec
+from ..instructions import resolve_instruction
 from ..schema import rows_to_table
 
 SAMPLES_DIR = "samples"

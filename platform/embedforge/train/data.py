@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from .. import io as eio
 from ..config import ConfigError
 from ..data.classification import draw_positive_and_negatives
-from ..data.instructions import format_instruction, is_symmetric
+from ..instructions import format_instruction, is_symmetric
 from .sampler import DatasetInfo
 
 COLUMNS = ("id", "instruction", "query", "positive", "negatives", "score", "label")
@@ -127,7 +127,7 @@ class TextBatch:
     """One rank's share of a batch: raw texts plus each row's prompt (formatted instruction).
 
     The prompt goes in front of the query, and in front of the documents too for symmetric
-    kinds (:func:`~embedforge.data.instructions.is_symmetric`).
+    kinds (:func:`~embedforge.instructions.is_symmetric`).
     """
 
     dataset: str
