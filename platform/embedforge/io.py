@@ -169,6 +169,21 @@ def first_line(path: str) -> str:
     return ""
 
 
+def sniff_delimited(path: str, delimiter: str | None = None) -> tuple[str, list[str]]:
+    """(delimiter, fields of line 1) of a ``.csv``/``.tsv``/``.txt`` file.
+
+    Tab for ``.tsv``/``.txt``, and for a ``.csv`` whose first line holds a tab: many ".csv"
+    files in the wild are tab-separated (STS-B). ``delimiter`` overrides the guess. Comma lines
+    are split with the csv module (quoted names lose their quotes, as the rows will).
+    """
+    line = first_line(path)
+    if not delimiter:
+        delimiter = "\t" if base_ext(path) != ".csv" or "\t" in line else ","
+    fields = line.split(delimiter) if delimiter == "\t" else next(
+        csv.reader([line], delimiter=delimiter), [])
+    return delimiter, [f.strip() for f in fields]
+
+
 def read_header(path: str, delimiter: str = "\t") -> list[str]:
     """First line of a delimited text file, split into field names."""
     for _, raw in _iter_lines(FileUnit(path)):
