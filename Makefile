@@ -13,7 +13,7 @@ EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv test test-fast lint demo clean help
+.PHONY: venv test test-fast lint docs-check demo clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make demo   - create $(VENV) and run the pipeline end to end on the bundled sample data"
 	@echo "make test-fast - only tests not marked slow"
 	@echo "make lint   - ruff"
+	@echo "make docs-check - links, job flags and paths named in README.md and docs/ exist"
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo ">> creating virtualenv $(VENV) with $(PYTHON)"
@@ -36,6 +37,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	@echo ">> lint (ruff)"
 	$(PY) -m ruff check platform jobs tests benchmarks
+	@$(MAKE) --no-print-directory docs-check
 	@echo ">> running the whole test suite"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -44,6 +46,10 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check platform jobs tests benchmarks
+
+docs-check: $(STAMP)
+	@echo ">> docs-check (links, flags, paths in README.md and docs/)"
+	$(PY) docs/check.py
 
 demo: $(STAMP)
 	@echo ">> running the demo pipeline into $(DEMO_DIR)"
