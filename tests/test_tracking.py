@@ -55,7 +55,8 @@ def test_train_metrics_of_a_progress_row():
            "lr": 2e-5, "examples_per_s": 9.5, "tokens_per_s": 900.0,
            "epochs": {"sci fact:v1": 0.25, "stsb": 0.1}}
     m = tracking.train_metrics(row)
-    assert m == {"loss": 0.7, "loss/retrieval": 0.7, "loss/retrieval/sci fact_v1": 0.7,
+    assert m == {"loss": 0.7, "loss_by_task/retrieval": 0.7,
+                 "loss_by_dataset/retrieval/sci fact_v1": 0.7,
                  "lr": 2e-5, "examples_per_s": 9.5, "tokens_per_s": 900.0,
                  "epochs/sci fact_v1": 0.25, "epochs/stsb": 0.1}
 
@@ -92,14 +93,21 @@ def test_job_run_logs_params_metrics_and_files(tmp_path):
         run.log_params({"encoder": {"model": "m"}, "tolerance": 0.01})
         run.log_params({"encoder": {"model": "m"}})  # the same again is fine
         run.log_metrics({"score/stsb": 0.82})
-        run.log_metrics({"loss": 1.0}, step=1)
-        run.log_metrics({"loss": 0.5}, step=2)
+        for step, task in ((1, "retrieval"), (2, "pair")):  # training's metric names
+            run.log_metrics(tracking.train_metrics(
+                {"loss": 1.0 / step, "task": task, "dataset": "d", "lr": 1e-5,
+                 "examples_per_s": 9.0, "tokens_per_s": 90.0, "epochs": {"d": 0.5}}), step=step)
         run.log_files([str(out / "report.md"), str(out / "missing.png")])
     uri = f"file://{out}/mlruns"
     r = runs(uri)["evaluate"]
     assert r.info.status == "FINISHED"
     assert r.data.params == {"encoder.model": "m", "tolerance": "0.01"}
     assert r.data.metrics["score/stsb"] == 0.82 and r.data.tags["embedforge.job"] == "evaluate"
+    # every name logged, none shadowing another in the file store's folders
+    assert set(r.data.metrics) == {"score/stsb", "loss", "loss_by_task/retrieval",
+                                   "loss_by_task/pair", "loss_by_dataset/retrieval/d",
+                                   "loss_by_dataset/pair/d", "lr", "examples_per_s",
+                                   "tokens_per_s", "epochs/d"}
     assert r.data.tags["embedforge.output"] == str(out)
     history = client(uri).get_metric_history(r.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]

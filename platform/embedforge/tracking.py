@@ -115,11 +115,15 @@ def train_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     """One training progress row (``stageN/metrics.jsonl``) -> MLflow metrics.
 
     The loss of a step is the loss of that step's batch, which holds one dataset of one task:
-    ``loss`` is the curve over all steps, ``loss/TASK`` and ``loss/TASK/DATASET`` separate it.
+    ``loss`` is the curve over all steps, ``loss_by_task/TASK`` and
+    ``loss_by_dataset/TASK/DATASET`` separate it. No name is a ``/``-prefix of another: the
+    file store keeps ``a/b`` as a file under a folder ``a``, so ``loss`` and ``loss/x`` could
+    not both exist.
     """
     task, dataset = str(row["task"]), str(row["dataset"])
-    out = {"loss": float(row["loss"]), clean_key(f"loss/{task}"): float(row["loss"]),
-           clean_key(f"loss/{task}/{dataset}"): float(row["loss"]), "lr": float(row["lr"]),
+    out = {"loss": float(row["loss"]), clean_key(f"loss_by_task/{task}"): float(row["loss"]),
+           clean_key(f"loss_by_dataset/{task}/{dataset}"): float(row["loss"]),
+           "lr": float(row["lr"]),
            "examples_per_s": float(row["examples_per_s"]),
            "tokens_per_s": float(row["tokens_per_s"])}
     for name, epochs in (row.get("epochs") or {}).items():

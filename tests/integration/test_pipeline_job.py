@@ -92,7 +92,7 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
         assert stages["prepare"].data.metrics["summary/samples"] == 281
         t1 = stages["train1"]  # rank 0's progress, logged into the stage's run by id
         assert [m.step for m in client.get_metric_history(t1.info.run_id, "loss")] == [1, 2]
-        assert {"lr", "examples_per_s", "loss/retrieval"} <= set(t1.data.metrics)
+        assert {"lr", "examples_per_s", "loss_by_task/retrieval"} <= set(t1.data.metrics)
         assert t1.data.params["stage1.steps"] == "2"
         model = {a.path for a in client.list_artifacts(t1.info.run_id, "model")}
         assert "model/modules.json" in model and "model/config.json" in model
