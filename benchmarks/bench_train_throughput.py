@@ -69,7 +69,7 @@ def main() -> None:
     subprocess.run([py, "jobs/prepare.py", "--source", f"scifact=beir:{DATA}:train", "--output",
                     str(work / "prep")], cwd=ROOT, check=True, capture_output=True)
     from embedforge import io as eio
-    from embedforge.data.instructions import format_query
+    from embedforge.instructions import format_query
 
     rows = eio.read_samples(str(work / "prep")).to_pylist()
     (work / "st_in.json").write_text(json.dumps({

@@ -78,3 +78,20 @@ def test_print_config(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "output: o" in out and "max_concurrency: 8" in out
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], False), (["--use-gpu"], True), (["--use-gpu", "true"], True),
+    (["--use-gpu", "FALSE"], False), (["--use-gpu", "no"], False), (["--no-use-gpu"], False),
+    (["--use-gpu", "--lr", "0.1"], True),  # a following flag is not taken as the value
+])
+def test_bool_flags_take_an_optional_value(args, expected):
+    assert parse_config(DemoConfig, ["--output", "o", *args]).use_gpu is expected
+
+
+def test_bool_flag_rejects_other_words(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(DemoConfig, ["--output", "o", "--use-gpu", "maybe"])
+    assert exc.value.code == 2 and "expects true or false" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(DemoConfig, ["--output", "o", "--no-use-gpu", "true"])

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from dashboards import checks
+from dashboards import panels as dash
 
-from embedforge import dashboards as dash
 from embedforge.metrics import (
     ALL_METRICS,
     HISTOGRAM_BOUNDARIES,
@@ -124,27 +125,27 @@ def test_registry_is_consistent():
 def test_every_queried_series_is_registered(built):
     known = dash.series_to_metric()
     for uid, model in built.items():
-        queried = dash.queried_series(model)
+        queried = checks.queried_series(model)
         assert queried, uid
         unknown = sorted(queried - set(known))
         assert not unknown, f"{uid} queries series no code records: {unknown}"
 
 
 def test_required_metrics_have_a_panel(built):
-    queried = set().union(*(dash.queried_metrics(m) for m in built.values()))
+    queried = set().union(*(checks.queried_metrics(m) for m in built.values()))
     missing = sorted(REQUIRED - queried)
     assert not missing, f"no panel reads {missing}"
 
 
 def test_every_registered_metric_has_a_panel(built):
     """Stricter than the issue: a metric added to metrics.py without a panel fails here."""
-    queried = set().union(*(dash.queried_metrics(m) for m in built.values()))
+    queried = set().union(*(checks.queried_metrics(m) for m in built.values()))
     assert sorted(set(ALL_METRICS) - queried) == []
 
 
 def test_each_dashboard_reads_its_own_stages(built):
-    serving = dash.queried_metrics(built["embedforge-serving"])
-    pipeline = dash.queried_metrics(built["embedforge-pipeline"])
+    serving = checks.queried_metrics(built["embedforge-serving"])
+    pipeline = checks.queried_metrics(built["embedforge-pipeline"])
     assert serving == set(SERVE_METRICS)
     assert pipeline == {*SYNTH_METRICS, *MINE_METRICS, *TRAIN_METRICS}
 
@@ -152,7 +153,7 @@ def test_each_dashboard_reads_its_own_stages(built):
 def test_series_parser_ignores_label_values_and_regexes():
     expr = ('sum(rate(ray_embedforge_serve_requests_total{route="ray_embedforge_fake"}[1m])) '
             '/ count({__name__=~"ray_embedforge_.+"}) + ray_embedforge_x_total')
-    assert dash.series_in(expr) == {"ray_embedforge_serve_requests_total",
+    assert checks.series_in(expr) == {"ray_embedforge_serve_requests_total",
                                     "ray_embedforge_x_total"}
 
 
@@ -161,8 +162,8 @@ def test_histogram_panels_use_buckets_with_le(built):
     histograms = {n for n, v in ALL_METRICS.items() if v[0] == "histogram"}
     seen = set()
     for model in built.values():
-        for expr in dash.expressions(model):
-            for name in dash.series_in(expr):
+        for expr in checks.expressions(model):
+            for name in checks.series_in(expr):
                 metric = dash.series_to_metric()[name]
                 if metric not in histograms:
                     continue
@@ -174,7 +175,7 @@ def test_histogram_panels_use_buckets_with_le(built):
 
 
 def test_serving_latency_has_p50_p90_p99(built):
-    panel = next(p for p in dash.iter_panels(built["embedforge-serving"])
+    panel = next(p for p in checks.iter_panels(built["embedforge-serving"])
                  if p["title"] == "Request latency")
     qs = [t["expr"].split(",")[0] for t in panel["targets"]]
     assert qs == ["histogram_quantile(0.5", "histogram_quantile(0.9", "histogram_quantile(0.99"]
@@ -184,7 +185,7 @@ def test_serving_latency_has_p50_p90_p99(built):
 # ------------------------------------------------------------------------------ structure
 def test_dashboards_validate(built):
     for uid, model in built.items():
-        assert dash.validate(model) == [], uid
+        assert checks.validate(model) == [], uid
 
 
 def test_structure(built):
@@ -196,7 +197,7 @@ def test_structure(built):
         assert variables["datasource"]["type"] == "datasource"
         assert variables["datasource"]["query"] == "prometheus"
         assert variables["SessionName"]["type"] == "query"
-        panels = dash.iter_panels(model)
+        panels = checks.iter_panels(model)
         ids = [p["id"] for p in panels]
         assert len(ids) == len(set(ids))
         rows = [p for p in panels if p["type"] == "row"]
@@ -212,7 +213,7 @@ def test_structure(built):
 
 
 def test_rows_per_stage(built):
-    titles = [p["title"] for p in dash.iter_panels(built["embedforge-pipeline"])
+    titles = [p["title"] for p in checks.iter_panels(built["embedforge-pipeline"])
               if p["type"] == "row"]
     assert [t.split()[0] for t in titles] == ["Synthesis", "Hard-negative", "Training"]
 
@@ -249,7 +250,7 @@ def _first_panel(model: dict) -> dict:
 def test_validate_catches(built, breakage, message):
     model = copy.deepcopy(built["embedforge-serving"])
     breakage(model)
-    problems = dash.validate(model)
+    problems = checks.validate(model)
     assert any(message in p for p in problems), problems
 
 

@@ -1,4 +1,4 @@
-from embedforge.data.instructions import (
+from embedforge.instructions import (
     apply_instruction,
     format_query,
     resolve_instruction,
@@ -27,3 +27,19 @@ def test_resolution_order():
     assert resolve_instruction("mydata", "sts") == "Retrieve semantically similar text"
     assert resolve_instruction("scifact", "beir", overrides={"scifact": "X"}) == "X"
     assert resolve_instruction("scifact", "beir", "explicit", {"scifact": "X"}) == "explicit"
+
+
+def test_training_and_evaluation_share_one_policy():
+    """A dataset trained under a name is evaluated, under that name, with the same
+    description (one shipped map, case-insensitive), on the same sides."""
+    from embedforge.instructions import InstructionMap, applies
+
+    imap = InstructionMap.load()
+    for name, fmt, mteb_type in (("scifact", "beir", "Retrieval"), ("stsb", "sts", "STS"),
+                                 ("banking77", "classification", "Classification")):
+        trained = resolve_instruction(name, fmt)
+        assert trained and imap.describe(name, mteb_type) == trained
+        assert imap.describe(name.upper(), mteb_type) == trained
+    # mteb's own task names resolve for training datasets named after them, too
+    assert resolve_instruction("STSBenchmark", "sts") == imap.describe("STSBenchmark", "STS")
+    assert applies("STS", "document") and not applies("Retrieval", "document")

@@ -9,8 +9,8 @@ import pytest
 from embedforge.config import ConfigError, parse_config
 from embedforge.eval import readers
 from embedforge.eval.config import EvalConfig
-from embedforge.eval.instructions import InstructionMap, applies
 from embedforge.eval.spec import TaskSpec, parse_task_arg
+from embedforge.instructions import InstructionMap, applies
 
 
 def test_parse_task_arg_kinds_and_splits():
@@ -157,3 +157,32 @@ def test_instruction_lookup_order_and_sides(tmp_path):
     f.write_text("bogus: 1\n")
     with pytest.raises(ConfigError, match="tasks"):
         InstructionMap.load(str(f))
+
+
+def test_evaluation_and_prepare_read_a_pair_file_the_same_way(tmp_path):
+    """One vocabulary and one reader stack: a binary pair file with capitalised headers and
+    word labels gives evaluation and prepare's pair_label format the same pairs."""
+    from embedforge import io as eio
+    from embedforge.data.formats import get_format, looks_like_header
+    from embedforge.data.pairs import from_pair_label
+    from embedforge.data.spec import SourceSpec
+
+    f = tmp_path / "rte.tsv"
+    f.write_text("Sentence1\tSentence2\tLabel\na\tb\tentailment\nc\td\tnot_entailment\n"
+                 "e\tf\tparaphrase\ng\th\tmaybe\n")
+    ev = readers.read_pairs(TaskSpec(name="r", kind="pair", path=str(f)), binary=True)
+    assert (ev.text1, ev.text2, ev.values) == (["a", "c", "e"], ["b", "d", "f"], [1.0, 0.0, 1.0])
+    assert ev.stats.skipped == 1
+
+    spec = SourceSpec(name="r", format="pair_label", path=str(f))
+    delim, first = eio.sniff_delimited(str(f))
+    assert delim == "\t" and looks_like_header(first, get_format("pair_label"), spec)
+    prepared = []
+    for rec in eio.iter_records(eio.FileUnit(str(f)), delimiter=delim, columns=first,
+                                has_header=True, line_based=True):
+        try:
+            s = from_pair_label(rec.data, "r", "", {})[0]
+        except ValueError:
+            continue
+        prepared.append((s.query, s.positive, s.score))
+    assert prepared == list(zip(ev.text1, ev.text2, ev.values, strict=True))

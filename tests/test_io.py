@@ -100,3 +100,16 @@ def test_atomic_writers_and_samples_reader(tmp_path):
     assert eio.read_samples(str(tmp_path / "out")).num_rows == 1
     with pytest.raises(eio.SourceError):
         eio.read_samples(str(tmp_path / "empty"))
+
+
+def test_sniff_delimited(tmp_path):
+    tabbed = tmp_path / "stsb.csv"  # a ".csv" that is tab-separated, as STS-B ships
+    tabbed.write_text("main\tMSRvid\t5.0\ta\tb\n")
+    assert eio.sniff_delimited(str(tabbed)) == ("\t", ["main", "MSRvid", "5.0", "a", "b"])
+    quoted = tmp_path / "q.csv"
+    quoted.write_text('\ufeff"text, raw",label\nx,1\n')
+    assert eio.sniff_delimited(str(quoted)) == (",", ["text, raw", "label"])
+    tsv = tmp_path / "one.tsv"
+    tsv.write_text("only,column\n")
+    assert eio.sniff_delimited(str(tsv)) == ("\t", ["only,column"])
+    assert eio.sniff_delimited(str(tsv), ",") == (",", ["only", "column"])

@@ -84,3 +84,19 @@ def test_evaluate_needs_tasks(tmp_path):
     c = cfg(tmp_path, evaluate={"tasks": []})
     with pytest.raises(ConfigError, match="needs tasks"):
         build_evaluate(c, Folders(c.output))
+
+
+def test_tracking_is_wired_into_train_and_evaluate_but_never_into_a_stage_key(tmp_path):
+    c = cfg(tmp_path, tracking={"uri": "http://mlflow:5000", "experiment": "e"})
+    f = Folders(c.output)
+    t1 = build_train(c, f, 1)
+    assert t1.tracking.uri == "http://mlflow:5000" and t1.tracking.enabled
+    after, base = build_evaluate(c, f)
+    assert after.tracking.enabled and not base.tracking.enabled  # base scores: summary/before/*
+    off = build_train(cfg(tmp_path, tracking={"enabled": False}), f, 1)
+    assert not off.tracking.enabled  # no pipeline run to log into: the stage must not open one
+    k = stage_key({"stage": t1.model_dump(mode="json")}, [])
+    assert k == stage_key({"stage": off.model_dump(mode="json")}, [])
+    assert stage_key({"a": [{"tracking": {"uri": "x"}, "b": 1}]}, []) == \
+        stage_key({"a": [{"b": 1}]}, [])
+    assert k != stage_key({"stage": {**t1.model_dump(mode="json"), "seed": 7}}, [])

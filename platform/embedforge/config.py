@@ -120,6 +120,32 @@ def _help_for(field: Any) -> str:
     return f"{desc} ({default})".strip().replace("%", "%%")
 
 
+TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+class BoolFlag(argparse.Action):
+    """A boolean field on the command line: ``--x`` or ``--x true|false`` (``--no-x`` is added
+    next to it by :func:`build_parser`).
+
+    The value form lets a flag say what a YAML key says (``--tracking.enabled false``), so a
+    config line and a CLI override read the same; the bare and ``--no-`` forms stay for
+    habit (``--no-instructions``).
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, default: Any = None,
+                 help: str | None = None, **_: Any):
+        super().__init__(option_strings, dest, nargs="?", default=default,
+                         metavar="true|false", help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        word = "true" if values is None else str(values).strip().lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            parser.error(f"{option_string} expects true or false, got {values!r}")
+        setattr(namespace, self.dest, word in TRUE_WORDS)
+
+
 def build_parser(cls: type[JobConfig], description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=description or (cls.__doc__ or "").strip().split("\n\n")[0],
@@ -136,8 +162,10 @@ def build_parser(cls: type[JobConfig], description: str | None = None) -> argpar
         names = [flag] + ([alias] if alias else [])
         dest = "cfg__" + dotted.replace(".", "__")
         if kind == "bool":
-            group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction,
-                               default=None, help=_help_for(field))
+            group.add_argument(*names, dest=dest, action=BoolFlag, default=None,
+                               help=_help_for(field))
+            group.add_argument(*("--no-" + n[2:] for n in names), dest=dest,
+                               action="store_const", const=False, help=f"= {flag} false")
         elif kind == "list":
             group.add_argument(*names, dest=dest, action="append", default=None,
                                metavar="VALUE", help=_help_for(field) + "; repeat for more")

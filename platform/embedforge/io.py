@@ -56,7 +56,10 @@ class FileUnit:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _fs_and_path(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def fs_and_path(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of ``path`` (local path or URI) and the path as that filesystem
+    names it (protocol stripped): what code needs to open, list or memory-map a file itself,
+    e.g. the embedding cache and the training data, instead of going through a reader here."""
     fs, _, paths = fsspec.get_fs_token_paths(path)
     return fs, paths[0] if paths else path
 
@@ -69,7 +72,7 @@ def expand_paths(path: str, exts: tuple[str, ...] = KNOWN_EXTS) -> list[str]:
     """Files named by ``path``: a file, a directory (searched recursively), or a glob."""
     if path.startswith(HF_PREFIX):
         return [path]
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     allowed = tuple(e + c for e in exts for c in ("", *COMPRESSIONS))
     if any(ch in path for ch in "*?["):
         found = sorted(fs.glob(p))
@@ -109,7 +112,7 @@ def plan_file_units(
     line_file = force or base_ext(path) in LINE_EXTS
     if not line_file or is_compressed(path) or path.startswith(HF_PREFIX):
         return [FileUnit(path=path, header=header)]
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     size = fs.size(p)
     if size <= chunk_bytes:
         return [FileUnit(path=path, header=header)]
@@ -134,7 +137,7 @@ def plan_file_units(
 
 
 def _iter_lines(unit: FileUnit) -> Iterator[tuple[int, bytes]]:
-    fs, p = _fs_and_path(unit.path)
+    fs, p = fs_and_path(unit.path)
     if unit.start == 0 and unit.end < 0:
         with fs.open(p, "rb", compression="infer") as fh:
             for i, raw in enumerate(fh, start=unit.first_line):
@@ -164,6 +167,21 @@ def first_line(path: str) -> str:
     for _, raw in _iter_lines(FileUnit(path)):
         return _decode(raw, True)
     return ""
+
+
+def sniff_delimited(path: str, delimiter: str | None = None) -> tuple[str, list[str]]:
+    """(delimiter, fields of line 1) of a ``.csv``/``.tsv``/``.txt`` file.
+
+    Tab for ``.tsv``/``.txt``, and for a ``.csv`` whose first line holds a tab: many ".csv"
+    files in the wild are tab-separated (STS-B). ``delimiter`` overrides the guess. Comma lines
+    are split with the csv module (quoted names lose their quotes, as the rows will).
+    """
+    line = first_line(path)
+    if not delimiter:
+        delimiter = "\t" if base_ext(path) != ".csv" or "\t" in line else ","
+    fields = line.split(delimiter) if delimiter == "\t" else next(
+        csv.reader([line], delimiter=delimiter), [])
+    return delimiter, [f.strip() for f in fields]
 
 
 def read_header(path: str, delimiter: str = "\t") -> list[str]:
@@ -276,7 +294,7 @@ def _iter_delimited_lines(
 def _iter_csv(
     path: str, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
 ) -> Iterator[Record]:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     with fs.open(p, "rb", compression="infer") as fh:
         try:
             text = fh.read().decode("utf-8-sig")
@@ -309,7 +327,7 @@ def _iter_csv(
 
 
 def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     with fs.open(p, "rb", compression="infer") as fh:
         try:
             obj = json.loads(fh.read().decode("utf-8-sig"))
@@ -331,7 +349,7 @@ def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
 
 
 def _iter_parquet(path: str, limit: int | None) -> Iterator[Record]:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     try:
         pf = pq.ParquetFile(fs.open(p, "rb"))
     except (pa.ArrowInvalid, OSError) as exc:
@@ -384,24 +402,24 @@ def join(base: str, *parts: str) -> str:
 
 
 def makedirs(path: str) -> None:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     fs.makedirs(p, exist_ok=True)
 
 
 def remove(path: str) -> None:
     """Delete a file or folder tree (local or fsspec); missing is fine."""
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     if fs.exists(p):
         fs.rm(p, recursive=True)
 
 
 def exists(path: str) -> bool:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     return fs.exists(p)
 
 
 def _atomic_target(path: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
     return fs, p, tmp
 
@@ -437,19 +455,19 @@ def write_json(obj: Any, path: str) -> None:
 
 
 def read_json(path: str) -> Any:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     with fs.open(p, "r", encoding="utf-8") as fh:
         return json.load(fh)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     with fs.open(p, "r", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
 def list_files(path: str, suffix: str) -> list[str]:
-    fs, p = _fs_and_path(path)
+    fs, p = fs_and_path(path)
     if not fs.exists(p):
         return []
     return sorted(_unstrip(fs, f) for f in fs.find(p) if f.endswith(suffix))
@@ -472,6 +490,6 @@ def read_samples(path: str) -> pa.Table:
     files = sample_files(path)
     if not files:
         raise SourceError(f"no unified samples (Parquet) found under {path}")
-    fs, _ = _fs_and_path(files[0])
-    tables = [pq.read_table(_fs_and_path(f)[1], filesystem=fs) for f in files]
+    fs, _ = fs_and_path(files[0])
+    tables = [pq.read_table(fs_and_path(f)[1], filesystem=fs) for f in files]
     return pa.concat_tables([t.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA) for t in tables])

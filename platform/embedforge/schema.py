@@ -14,7 +14,7 @@ column             retrieval                  pair                        classi
 =================  =========================  ==========================  =====================
 
 ``instruction`` holds the *task description* (e.g. "Given a claim, retrieve evidence"), never
-the formatted prompt: the model side formats it (see :mod:`embedforge.data.instructions`),
+the formatted prompt: the model side formats it (see :mod:`embedforge.instructions`),
 so synthesis and mining work on raw text.
 
 Classification contract: prepare keeps ``(text, label)`` rows as they are; the training stage

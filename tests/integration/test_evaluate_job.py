@@ -8,6 +8,7 @@ few minutes on 2 CPUs: STS-B test is full (1,379 pairs), SciFact dev runs on a 1
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -104,6 +105,26 @@ def test_results_are_mteb_json_and_report_and_chart_are_written(minilm_run: Path
     assert png[:4] == b"\x89PNG" and len(png) > 5000
 
 
+def test_the_evaluation_is_an_mlflow_run(minilm_run: Path):
+    """Tracking is on by default: scores, means, gate verdict, config and the report, read
+    back from the run folder's file store through the MLflow client."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"file://{minilm_run}/mlruns")
+    [run] = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
+    doc = json.loads((minilm_run / "scores.json").read_text())
+    assert run.info.run_name == "evaluate" and run.info.status == "FINISHED"
+    for name, task in doc["tasks"].items():
+        assert run.data.metrics[f"score/{name}"] == pytest.approx(task["main_score"])
+    assert run.data.metrics["mean_task"] == pytest.approx(doc["mean_task"])
+    assert run.data.params["instructions"] == "False"
+    assert run.data.params["encoder.model"] == _minilm()
+    assert run.data.tags["embedforge.gate"] == "none"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "report.md", "scores.json", "chart.png"}
+
+
 def test_gate_fails_a_worse_model_on_ray(minilm_run: Path, tiny_qwen: str, shared_data,
                                          tmp_path):
     """A random model against the MiniLM baseline: exit 1, each regression named (tasks
@@ -118,6 +139,12 @@ def test_gate_fails_a_worse_model_on_ray(minilm_run: Path, tiny_qwen: str, share
     assert "[gate] FAILED" in res.stderr
     for task in ("stsb", "scifact", "banking77"):
         assert f"[gate]   {task}: " in res.stderr
+    if importlib.util.find_spec("mlflow") is not None:  # the verdict is in the tracker too
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"file://{out}/mlruns")
+        [run] = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
+        assert run.data.tags["embedforge.gate"] == "failed"
     assert "2 Ray actor(s)" in res.stdout
     doc = json.loads((out / "scores.json").read_text())
     assert doc["gate"]["passed"] is False and len(doc["gate"]["regressions"]) == 3

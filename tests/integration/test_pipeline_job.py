@@ -4,6 +4,7 @@ training and what follows it, nothing before."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -46,6 +47,22 @@ def statuses(manifest) -> dict[str, str]:
     return {k: v["status"] for k, v in manifest["stages"].items()}
 
 
+def mlflow_tree(out: str):
+    """(client, [(pipeline run, {stage: nested run})] oldest first) from OUTPUT/mlruns, read
+    through the MLflow client; None without MLflow."""
+    if importlib.util.find_spec("mlflow") is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"file://{out}/mlruns")
+    found = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
+    parents = sorted((r for r in found if r.info.run_name == "pipeline"),
+                     key=lambda r: r.info.start_time)
+    return client, [(p, {r.info.run_name: r for r in found
+                         if r.data.tags.get("mlflow.parentRunId") == p.info.run_id})
+                    for p in parents]
+
+
 def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_path):
     out = str(tmp_path / "run")
     logs: list[str] = []
@@ -65,10 +82,33 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
     assert on_disk["versions"]["packages"]["ray"] and on_disk["status"] == "finished"
     assert on_disk["stages"]["train1"]["config"]["stage1"]["inputs"] == [f"{out}/mined"]
     assert any("stage" in line and "highlights" in line for line in logs)  # the summary table
+    tree = mlflow_tree(out)
+    if tree is not None:  # one parent run, a nested run per stage, read back from the store
+        client, [(parent, stages)] = tree
+        assert parent.info.status == "FINISHED" and parent.data.params["output"] == out
+        assert "manifest.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert set(stages) == {"prepare", "mine", "train1", "evaluate", "serve"}
+        assert {r.data.tags["embedforge.status"] for r in stages.values()} == {"ran"}
+        assert stages["prepare"].data.metrics["summary/samples"] == 281
+        t1 = stages["train1"]  # rank 0's progress, logged into the stage's run by id
+        assert [m.step for m in client.get_metric_history(t1.info.run_id, "loss")] == [1, 2]
+        assert {"lr", "examples_per_s", "loss_by_task/retrieval"} <= set(t1.data.metrics)
+        assert t1.data.params["stage1.steps"] == "2"
+        model = {a.path for a in client.list_artifacts(t1.info.run_id, "model")}
+        assert "model/modules.json" in model and "model/config.json" in model
+        e = stages["evaluate"].data
+        assert e.metrics["score/sts"] == pytest.approx(ev["after"]["sts"])
+        assert e.metrics["summary/before/sts"] == pytest.approx(ev["before"]["sts"])
+        assert "report.md" in {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id)}
 
     again = run_pipeline(config(out, stages=["prepare", "mine", "train1", "evaluate"]),
                          log=lambda _m: None)
     assert statuses(again) == {s: "skipped" for s in ("prepare", "mine", "train1", "evaluate")}
+    tree = mlflow_tree(out)
+    if tree is not None:  # a second parent run whose stages are recorded as skipped
+        _, [_, (_, stages)] = tree
+        assert {k: r.data.tags["embedforge.status"] for k, r in stages.items()} == \
+            statuses(again)
 
     changed = run_pipeline(config(out, stages=["prepare", "mine", "train1", "evaluate"],
                                   train={"stage1": {"steps": 3, "warmup_steps": 0}}),
@@ -88,6 +128,11 @@ def test_a_failing_stage_is_recorded_and_earlier_work_kept(tmp_path):
     assert manifest["stages"]["prepare"]["status"] == "ran"
     assert manifest["stages"]["mine"]["status"] == "failed"
     assert "nonexistent" in manifest["stages"]["mine"]["error"]
+    tree = mlflow_tree(out)
+    if tree is not None:
+        _, [(parent, stages)] = tree
+        assert parent.info.status == "FAILED" and stages["mine"].info.status == "FAILED"
+        assert "nonexistent" in stages["mine"].data.tags["embedforge.error"]
     # evaluating before anything was trained: a config mistake, recorded the same way
     with pytest.raises(Exception, match="no trained model"):
         run_pipeline(config(out, stages=["evaluate"]), log=lambda _m: None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -143,6 +144,25 @@ def test_two_stages_export_loads_everywhere_and_rerun_skips(tmp_path, data):
     logs = []
     again = run_train(cfg, log=logs.append)
     assert sum("skipped" in x for x in logs) == 2 and again["model"] == out
+
+    if importlib.util.find_spec("mlflow") is None:
+        return
+    # one MLflow run per stage in the run folder's store (none for the skipped re-run): rank 0
+    # logged every step, the driver the config and the files
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"file://{tmp_path / 'run' / 'mlruns'}")
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("embedforge").experiment_id])}
+    assert set(runs) == {"train-stage1", "train-stage2"}
+    r2 = runs["train-stage2"]
+    assert r2.info.status == "FINISHED" and r2.data.params["stage2.steps"] == "4"
+    logged = client.get_metric_history(r2.info.run_id, "loss")
+    assert [(m.step, round(m.value, 6)) for m in logged] == [(h["step"], h["loss"]) for h in hist]
+    assert {"lr", "examples_per_s", "tokens_per_s"} <= set(r2.data.metrics)
+    assert any(k.startswith("epochs/") for k in r2.data.metrics)
+    assert {a.path for a in client.list_artifacts(r2.info.run_id)} == {
+        "config.json", "metrics.jsonl", "loss.png", "summary.json"}
 
 
 def test_worker_killed_mid_run_resumes_to_the_same_loss(tmp_path, data):

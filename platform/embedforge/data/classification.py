@@ -16,9 +16,7 @@ from typing import Any
 
 from ..schema import Sample
 from .fields import RowError, as_text, get_value
-
-TEXT = ("text", "sentence", "query", "content", "utterance", "title")
-LABEL = ("label", "category", "intent", "label_desc", "class", "labels")
+from .vocab import LABEL, TEXT
 
 
 def from_classification(data: Mapping[str, Any], dataset: str, instruction: str,

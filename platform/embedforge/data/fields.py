@@ -1,8 +1,12 @@
-"""Field access for raw rows: role -> column resolution and row-level errors."""
+"""Field access for raw rows: role -> column resolution, header detection, row-level errors.
+
+Shared by prepare's source formats and evaluation's file readers, with the column names of
+:mod:`.vocab`, so both read a file the same way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -18,13 +22,25 @@ class RowError(ValueError):
 def column_for(
     data: Mapping[str, Any], role: str, candidates: Sequence[str], mapping: Mapping[str, str]
 ) -> str | None:
-    """The column that holds ``role``: the user's mapping first, else the first candidate present."""
+    """The column that holds ``role``: the user's mapping first, else the first candidate present
+    (exact name first, then ignoring case: a header ``Sentence1`` is a ``sentence1`` column)."""
     if role in mapping:
         return mapping[role]
-    for cand in (role, *candidates):
+    names = (role, *candidates)
+    for cand in names:
         if cand in data:
             return cand
+    lower = {str(k).lower(): k for k in data}
+    for cand in names:
+        if cand.lower() in lower:
+            return lower[cand.lower()]
     return None
+
+
+def names_header(fields: Sequence[str], columns: Iterable[str]) -> bool:
+    """Does a first line (split into ``fields``) name one of ``columns``? Then it is a header."""
+    names = {f.strip().lstrip("\ufeff").lower() for f in fields}
+    return bool(names & {c.lower() for c in columns})
 
 
 def get_value(

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..schema import Sample
-from . import classification, pairs, retrieval
+from . import classification, pairs, retrieval, vocab
+from .fields import names_header
 from .spec import SourceSpec
 
 Transform = Callable[[Mapping[str, Any], SourceSpec, str], list[Sample]]
@@ -57,23 +58,23 @@ FORMATS: dict[str, Format] = {
     "sts": Format(
         "sts", "pair",
         lambda d, s, ins: pairs.from_sts(d, s.name, ins, s.map, s.score_range),
-        ("text1", "text2", "score"), _hints(pairs.TEXT1, pairs.TEXT2, pairs.SCORE),
+        ("text1", "text2", "score"), _hints(vocab.TEXT1, vocab.TEXT2, vocab.SCORE),
     ),
     "nli": Format(
         "nli", "pair",
         lambda d, s, ins: pairs.from_nli(d, s.name, ins, s.map, s.label_map),
-        ("text1", "text2", "label"), _hints(pairs.TEXT1, pairs.TEXT2, pairs.LABEL),
+        ("text1", "text2", "label"), _hints(vocab.TEXT1, vocab.TEXT2, vocab.PAIR_LABEL),
     ),
     "pair_label": Format(
         "pair_label", "pair",
         lambda d, s, ins: pairs.from_pair_label(d, s.name, ins, s.map, s.label_map),
-        ("text1", "text2", "label"), _hints(pairs.TEXT1, pairs.TEXT2, pairs.LABEL),
+        ("text1", "text2", "label"), _hints(vocab.TEXT1, vocab.TEXT2, vocab.PAIR_LABEL),
     ),
     "classification": Format(
         "classification", "classification",
         lambda d, s, ins: classification.from_classification(
             d, s.name, ins, s.map, s.labels, s.label_map),
-        ("query", "label"), _hints(classification.TEXT, classification.LABEL),
+        ("query", "label"), _hints(vocab.TEXT, vocab.LABEL),
     ),
 }
 
@@ -87,6 +88,4 @@ def get_format(name: str) -> Format:
 
 def looks_like_header(fields: list[str], fmt: Format, spec: SourceSpec) -> bool:
     """A first line is a header when it names a column the format (or the user's map) expects."""
-    names = {f.strip().lower() for f in fields}
-    wanted = {h.lower() for h in fmt.header_hints} | {c.lower() for c in spec.map.values()}
-    return bool(names & wanted)
+    return names_header(fields, (*fmt.header_hints, *spec.map.values()))

@@ -12,11 +12,7 @@ from typing import Any
 
 from ..schema import Sample
 from .fields import RowError, as_float, as_text, get_value
-
-TEXT1 = ("sentence1", "s1", "text1", "text_a", "premise", "query", "question1")
-TEXT2 = ("sentence2", "s2", "text2", "text_b", "hypothesis", "positive", "question2")
-SCORE = ("score", "similarity", "label", "relatedness")
-LABEL = ("label", "gold_label", "labels", "is_duplicate", "similar")
+from .vocab import BINARY, PAIR_LABEL, SCORE, TEXT1, TEXT2
 
 DEFAULT_STS_RANGE = (0.0, 5.0)
 NLI_SCORES = {"entailment": 2.0, "neutral": 1.0, "contradiction": 0.0}
@@ -25,12 +21,6 @@ NLI_ALIASES = {
     "neutral": "neutral",
     "contradiction": "contradiction", "contradict": "contradiction",
     "contradictory": "contradiction",
-}
-BINARY = {
-    "1": 1.0, "true": 1.0, "yes": 1.0, "y": 1.0, "t": 1.0, "1.0": 1.0, "similar": 1.0,
-    "paraphrase": 1.0, "duplicate": 1.0,
-    "0": 0.0, "false": 0.0, "no": 0.0, "n": 0.0, "f": 0.0, "0.0": 0.0, "dissimilar": 0.0,
-    "not_paraphrase": 0.0, "not_duplicate": 0.0,
 }
 
 
@@ -82,7 +72,7 @@ def from_nli(data: Mapping[str, Any], dataset: str, instruction: str, mapping: M
              label_map: Mapping[str, Any] | None = None) -> list[Sample]:
     """NLI: entailment 2 / neutral 1 / contradiction 0; numeric labels need ``label_map``."""
     t1, t2 = _texts(data, mapping)
-    raw = get_value(data, "label", LABEL, mapping)
+    raw = get_value(data, "label", PAIR_LABEL, mapping)
     canonical = _lookup_label(raw, NLI_ALIASES, label_map, "NLI")
     if isinstance(canonical, str):
         canonical = NLI_ALIASES.get(canonical.lower(), canonical)
@@ -100,7 +90,7 @@ def from_pair_label(data: Mapping[str, Any], dataset: str, instruction: str,
                     label_map: Mapping[str, Any] | None = None) -> list[Sample]:
     """Binary pair labels (true/false, yes/no, 1/0) -> 1.0 / 0.0."""
     t1, t2 = _texts(data, mapping)
-    raw = get_value(data, "label", LABEL, mapping)
+    raw = get_value(data, "label", PAIR_LABEL, mapping)
     if isinstance(raw, bool):
         raw = "true" if raw else "false"
     score = as_float(_lookup_label(raw, BINARY, label_map, "binary pair"), "label")

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from ..config import ConfigError, JobConfig, named_option
 from ..model.encoder import EncoderSettings
+from ..tracking import TrackingSettings
 from .spec import TaskSpec, parse_option_value, parse_task_arg
 
 
@@ -62,6 +63,7 @@ class EvalConfig(JobConfig):
         None, ge=0, description="GPUs per Ray actor (default: 1 when the cluster has GPUs)")
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")
     num_cpus: int | None = Field(None, description="CPUs of the local cluster when one is started")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @field_validator("tasks")
     @classmethod

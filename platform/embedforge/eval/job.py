@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import io as eio
+from .. import tracking
 from ..config import ConfigError
 from .config import EvalConfig
 from .output import load_scores, run_gate, write_outputs
@@ -44,17 +46,34 @@ def evaluate_and_gate(cfg: EvalConfig, log: Log = print) -> EvalOutcome:
     A gate that cannot be computed still leaves the scores of the run on disk, then raises.
     """
     others = [load_scores(p) for p in ([cfg.baseline] if cfg.baseline else []) + cfg.compare]
-    run = run_evaluation(cfg, log)
-    regressions, gate, gate_md = [], None, ""
-    gate_error: ConfigError | None = None
-    if cfg.baseline:
-        try:
-            regressions, gate, gate_md = run_gate(run, cfg.baseline, cfg.tolerance,
-                                                  cfg.task_tolerance, cfg.allow_missing)
-        except ConfigError as exc:
-            gate_error = exc
-    paths = write_outputs(cfg.output, run, others, model_path=cfg.encoder.model, gate=gate,
-                          gate_md=gate_md, config=cfg.model_dump(mode="json"))
-    if gate_error is not None:
-        raise gate_error
-    return EvalOutcome(run, paths, regressions, gate)
+    with tracking.job_run(cfg.tracking, cfg.output, "evaluate", {"embedforge.job": "evaluate"}) as trk:
+        trk.log_params(cfg.model_dump(mode="json"))
+        run = run_evaluation(cfg, log)
+        regressions, gate, gate_md = [], None, ""
+        gate_error: ConfigError | None = None
+        if cfg.baseline:
+            try:
+                regressions, gate, gate_md = run_gate(run, cfg.baseline, cfg.tolerance,
+                                                      cfg.task_tolerance, cfg.allow_missing)
+            except ConfigError as exc:
+                gate_error = exc
+        paths = write_outputs(cfg.output, run, others, model_path=cfg.encoder.model, gate=gate,
+                              gate_md=gate_md, config=cfg.model_dump(mode="json"))
+        outcome = EvalOutcome(run, paths, regressions, gate)
+        _track(trk, cfg, outcome)
+        if gate_error is not None:
+            raise gate_error
+    return outcome
+
+
+def _track(trk: tracking.AnyRun, cfg: EvalConfig, out: EvalOutcome) -> None:
+    """Main score per task, the means and the gate verdict as metrics and tags; the report,
+    scores.json and chart as artifacts (what a reader of the experiment tracker looks for)."""
+    rs = out.run.run_scores()
+    trk.log_metrics(tracking.numbers({"score": rs.scores, "mean_task": mean_task(rs.scores),
+                                      "mean_task_type": mean_task_type(rs.scores, rs.types),
+                                      "seconds": out.run.seconds}))
+    verdict = "none" if not cfg.baseline else ("passed" if out.passed else "failed")
+    trk.set_tags({"embedforge.gate": verdict, "embedforge.model": cfg.encoder.model,
+                  **({"embedforge.failed_tasks": ", ".join(out.failed)} if out.failed else {})})
+    trk.log_files([eio.join(cfg.output, f) for f in ("report.md", "scores.json", "chart.png")])

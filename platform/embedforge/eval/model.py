@@ -20,9 +20,9 @@ import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
+from ..instructions import InstructionMap, metadata_prompt
 from ..model.encoder import Encoder, EncoderSettings
 from ..model.encoder import fingerprint as encoder_fingerprint
-from .instructions import InstructionMap, metadata_prompt
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,10 @@
 Pure Python (no mteb, no torch): tests check the capping and splitting rules in milliseconds,
 and :mod:`embedforge.eval.tasks` only wraps the result in mteb datasets. Every sample and split
 is seeded by the task's ``seed``, so two runs (and the baseline run) score the same rows.
+
+Files are read with prepare's stack: :mod:`embedforge.io` (records, delimiter sniffing) and the
+column / label vocabulary and column resolution of :mod:`embedforge.data`, so an evaluation
+file is read the same way as a training source of the same shape.
 """
 
 from __future__ import annotations
@@ -16,18 +20,15 @@ from typing import Any
 
 from .. import io as eio
 from ..config import ConfigError
+from ..data import vocab
+from ..data.fields import column_for, names_header
 from .spec import TaskSpec
 
-ROLE_ALIASES: dict[str, tuple[str, ...]] = {
-    "text1": ("sentence1", "s1", "text1", "text_a", "sentence_a", "query", "question1"),
-    "text2": ("sentence2", "s2", "text2", "text_b", "sentence_b", "positive", "question2"),
-    "score": ("score", "similarity", "relatedness", "label", "labels", "gold_label"),
-    "label": ("label", "labels", "category", "intent", "class", "label_desc", "gold_label"),
-    "text": ("text", "sentence", "query", "content", "title", "input"),
+# the roles of ``--option NAME.map=ROLE:COLUMN`` -> the columns looked for (data.vocab)
+ROLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "text1": vocab.TEXT1, "text2": vocab.TEXT2, "score": vocab.SCORE, "label": vocab.LABEL,
+    "text": vocab.TEXT,
 }
-TRUE_WORDS = frozenset({"1", "1.0", "true", "yes", "y", "t", "entailment", "paraphrase"})
-FALSE_WORDS = frozenset({"0", "0.0", "false", "no", "n", "f", "not_entailment",
-                         "contradiction", "non_paraphrase"})
 
 
 @dataclass
@@ -150,15 +151,12 @@ def read_rows(path: str, spec: TaskSpec) -> list[dict[str, Any]]:
     unit = eio.FileUnit(path)
     if ext not in (".csv", ".tsv", ".txt"):
         return [r.data for r in eio.iter_records(unit) if r.data is not None]
-    first = eio.first_line(path)
-    delimiter = spec.delimiter or ("\t" if "\t" in first else ",")
-    names = [f.strip().lstrip("\ufeff") for f in
-             (first.split(delimiter) if delimiter == "\t" else next(_csv_split(first, delimiter)))]
-    known = {a for aliases in ROLE_ALIASES.values() for a in aliases} | set(spec.map.values())
-    header = spec.header if spec.header is not None else bool({f.lower() for f in names} & known)
+    delimiter, names = eio.sniff_delimited(path, spec.delimiter)
+    header = spec.header if spec.header is not None else names_header(
+        names, (*vocab.all_columns(), *spec.map.values()))
     columns = spec.columns
     if header and columns is None:
-        columns = names
+        columns = [f.strip().lstrip("\ufeff") for f in names]
     line_based = delimiter == "\t"
     rows = []
     for rec in eio.iter_records(unit, delimiter=delimiter, columns=columns, has_header=header,
@@ -169,19 +167,13 @@ def read_rows(path: str, spec: TaskSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def _csv_split(line: str, delimiter: str):
-    import csv
-
-    yield from csv.reader([line], delimiter=delimiter)
-
-
-def _role_key(row: dict[str, Any], role: str, spec: TaskSpec, positional: int | None) -> str | None:
-    if role in spec.map:
-        return spec.map[role]
-    lower = {str(k).lower(): k for k in row}
-    for alias in ROLE_ALIASES[role]:
-        if alias in lower:
-            return lower[alias]
+def _role_key(row: dict[str, Any], role: str, spec: TaskSpec, positional: int | None,
+              columns: tuple[str, ...] | None = None) -> str | None:
+    """The user's map, else a vocabulary column, else the column at ``positional`` of a
+    header-less file (keys ``"0"``, ``"1"``...)."""
+    key = column_for(row, role, columns or ROLE_COLUMNS[role], spec.map)
+    if key is not None:
+        return key
     if positional is not None and str(positional) in row:
         return str(positional)
     return None
@@ -234,7 +226,7 @@ def read_pairs(spec: TaskSpec, binary: bool) -> PairRows:
         p1, p2, pv = _pair_positions(row)
         k1 = _role_key(row, "text1", spec, p1)
         k2 = _role_key(row, "text2", spec, p2)
-        kv = _role_key(row, value_role, spec, pv)
+        kv = _role_key(row, value_role, spec, pv, vocab.PAIR_LABEL if binary else None)
         if not (k1 and k2 and kv) or k1 not in row or k2 not in row or kv not in row:
             stats.skip(f"row {i}", "missing text1/text2/" + value_role)
             continue
@@ -244,11 +236,10 @@ def read_pairs(spec: TaskSpec, binary: bool) -> PairRows:
             stats.skip(f"row {i}", "empty text")
             continue
         if binary:
-            word = raw.lower()
-            if word not in TRUE_WORDS and word not in FALSE_WORDS:
+            if raw.lower() not in vocab.BINARY:
                 stats.skip(f"row {i}", f"label {raw!r} is not 0/1")
                 continue
-            value = 1.0 if word in TRUE_WORDS else 0.0
+            value = vocab.BINARY[raw.lower()]
         else:
             try:
                 value = float(raw)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigError
+from ..instructions import InstructionMap
 from ..model.encoder import EncoderSettings
 from .config import EvalConfig
-from .instructions import InstructionMap
 from .readers import check_spec
 from .report import RunScores
 from .spec import TaskSpec, spec_from_any

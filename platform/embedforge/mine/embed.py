@@ -31,7 +31,7 @@ def load_cache(root: str, fingerprint: str, wanted: set[str] | None = None) -> d
     """Vectors of ``wanted`` hashes (all when None), streaming part by part."""
     out: dict[str, np.ndarray] = {}
     for path in eio.list_files(cache_dir(root, fingerprint), ".parquet"):
-        fs, p = eio._fs_and_path(path)
+        fs, p = eio.fs_and_path(path)
         table = pq.read_table(p, filesystem=fs)
         hashes = table.column("hash").to_pylist()
         vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
@@ -113,6 +113,6 @@ def embed_all(texts: list[str], settings: Any, root: str, fingerprint: str, num_
 def cached_hashes(root: str, fingerprint: str) -> set[str]:
     out: set[str] = set()
     for path in eio.list_files(cache_dir(root, fingerprint), ".parquet"):
-        fs, p = eio._fs_and_path(path)
+        fs, p = eio.fs_and_path(path)
         out.update(pq.read_table(p, columns=["hash"], filesystem=fs).column("hash").to_pylist())
     return out

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 from .. import io as eio
 from .. import metrics
 from ..cluster import connect
-from ..data.instructions import format_instruction
 from ..data.retrieval import beir_doc_text
+from ..instructions import format_instruction
 from ..model.encoder import fingerprint as encoder_fingerprint
 from ..schema import ARROW_SCHEMA, rows_to_table
 from . import index as findex

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from ..config import ConfigSection, JobConfig
+from ..tracking import TrackingSettings
 
 StageName = Literal["prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve"]
 STAGES: tuple[str, ...] = ("prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve")
@@ -65,6 +66,7 @@ class PipelineConfig(JobConfig):
     serve: ServeSection = Field(default_factory=ServeSection)
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")
     num_cpus: int | None = Field(None, description="CPUs of the local cluster when one is started")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @field_validator("stages", "force")
     @classmethod

@@ -3,12 +3,14 @@ recording everything in OUTPUT/manifest.json and ending with a summary table."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import io as eio
+from .. import tracking
 from ..cluster import connect
 from . import stages as st
 from .config import STAGES, PipelineConfig
@@ -68,6 +70,8 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
     """Run ``cfg.stages``; returns the manifest data. ``after_stage`` is a test hook."""
     f = st.Folders(cfg.output)
     manifest = Manifest(cfg.output, cfg.model_dump(mode="json"))
+    prun = tracking.new_run(cfg.tracking, cfg.output, "pipeline", {"embedforge.job": "pipeline"})
+    prun.log_params(manifest.data["pipeline"])
     keys: dict[str, str] = {}
     status = "failed"
     try:
@@ -97,6 +101,8 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                     manifest.record(name, {**entry, "status": "skipped",
                                            "seconds": previous.get("seconds"),
                                            "summary": previous.get("summary", {})})
+                    tracking.end_stage(_stage_run(prun, name, config), "skipped",
+                                       previous.get("seconds"), previous.get("summary"))
                     continue
                 if eio.exists(marker_path(cfg.output, name)) or name in cfg.force:
                     # changed config/inputs or forced: start clean (an interrupted run without
@@ -106,16 +112,23 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                     eio.remove(marker_path(cfg.output, name))
                 t0 = time.time()
                 manifest.record(name, {**entry, "status": "running"})
+                srun = _stage_run(prun, name, config)
                 try:
-                    summary = d.run(built, cfg, f, log)
+                    with tracking.activate(srun):  # train/evaluate log into the stage's run
+                        summary = d.run(built, cfg, f, log)
                 except BaseException as exc:
+                    error = f"{type(exc).__name__}: {exc}"
                     manifest.record(name, {**entry, "status": "failed",
-                                           "seconds": round(time.time() - t0, 1),
-                                           "error": f"{type(exc).__name__}: {exc}"})
+                                           "seconds": round(time.time() - t0, 1), "error": error})
+                    tracking.end_stage(srun, "interrupted" if isinstance(exc, KeyboardInterrupt)
+                                       else "failed", round(time.time() - t0, 1), error=error)
                     raise
                 seconds = round(time.time() - t0, 1)
                 record = {**entry, "status": "ran", "seconds": seconds, "summary": summary}
                 manifest.record(name, record)
+                if name == _final_train_stage(cfg) and cfg.tracking.log_model:
+                    srun.log_files([summary["model"]])  # the exported model, as folder "model"
+                tracking.end_stage(srun, "ran", seconds, summary)
                 if name != "serve":
                     mark_complete(cfg.output, name, key, {"seconds": seconds, "summary": summary})
                 if after_stage:
@@ -130,8 +143,24 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
         status = "finished"
     finally:
         manifest.finish(status)
+        prun.log_files([manifest.path])
+        prun.finish("FINISHED" if status == "finished" else "FAILED")
         log("\n" + summary_table(manifest.data))
     return manifest.data
+
+
+def _stage_run(prun: tracking.AnyRun, name: str, config: Any) -> tracking.AnyRun:
+    """The nested MLflow run of a stage, holding its resolved config (params + config.json)."""
+    srun = prun.child(name, {"embedforge.stage": name})
+    if isinstance(config, dict):
+        srun.log_params(config)
+    srun.log_text(json.dumps(config, indent=2, default=str), "config.json")
+    return srun
+
+
+def _final_train_stage(cfg: PipelineConfig) -> str | None:
+    """The training stage whose export this run ends with (its model is logged as an artifact)."""
+    return next((s for s in ("train2", "train1") if s in cfg.stages), None)
 
 
 def summary_table(data: dict[str, Any]) -> str:

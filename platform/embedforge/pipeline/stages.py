@@ -109,6 +109,12 @@ def ray_fields(cfg: PipelineConfig) -> dict[str, Any]:
     return {"ray_address": cfg.ray_address, "num_cpus": cfg.num_cpus}
 
 
+def tracking_fields(cfg: PipelineConfig, enabled: bool = True) -> dict[str, Any]:
+    """The pipeline's tracking for a stage that tracks (train, evaluate): it logs into the
+    stage's nested run, or nowhere when the pipeline does not track."""
+    return {"tracking": {**cfg.tracking.model_dump(), "enabled": cfg.tracking.enabled and enabled}}
+
+
 # ---------------------------------------------------------------- prepare
 
 def build_prepare(cfg: PipelineConfig, f: Folders) -> Any:
@@ -184,8 +190,8 @@ def build_train(cfg: PipelineConfig, f: Folders, stage: int) -> Any:
     data = data_folder(cfg, f)
     section = deep_merge(cfg.train, {"stage1": {"inputs": [f.mined]},
                                      "stage2": {"inputs": [f.mined, data]}})
-    return compose(TrainConfig, section, {"output": f.train, "run": str(stage), **ray_fields(cfg)},
-                   "train")
+    return compose(TrainConfig, section, {"output": f.train, "run": str(stage), **ray_fields(cfg),
+                                          **tracking_fields(cfg)}, "train")
 
 
 def run_train_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
@@ -212,12 +218,15 @@ def build_evaluate(cfg: PipelineConfig, f: Folders) -> tuple[Any, Any | None]:
     for arg in ev.tasks:
         spec = parse_task_arg(arg)
         tasks.append({**spec.model_dump(exclude_none=True), **ev.options.get(spec.name, {})})
-    common = {**ev.extra, "tasks": tasks, "tolerance": ev.tolerance, **ray_fields(cfg)}
+    common = {**ev.extra, "tasks": tasks, "tolerance": ev.tolerance, **ray_fields(cfg),
+              **tracking_fields(cfg)}
     base = None
     if ev.baseline:
+        # the base model's scores reach the tracker as the stage's before/* metrics
         base = compose(EvalConfig, {}, {**common, "encoder": {"model": base_model(cfg)},
                                         "output": f.eval_base,
-                                        "instructions": ev.baseline_instructions}, "evaluate")
+                                        "instructions": ev.baseline_instructions,
+                                        **tracking_fields(cfg, enabled=False)}, "evaluate")
     trained_model = _planned_model(cfg, f)
     after = compose(EvalConfig, {}, {**common, "encoder": {"model": trained_model}, "output": f.eval,
                                      "baseline": f.eval_base if base else None}, "evaluate")

@@ -26,8 +26,18 @@ PACKAGES = ("embedforge", "ray", "torch", "transformers", "sentence-transformers
             "peft", "mteb", "faiss-cpu", "faiss-gpu-cu12", "openai", "pydantic", "pyarrow")
 
 
+def _untracked(obj: Any) -> Any:
+    """``obj`` without ``tracking`` sections at any depth: where a stage's run is recorded
+    (MLflow) is not what it produces, so changing it must not re-run the stage."""
+    if isinstance(obj, dict):
+        return {k: _untracked(v) for k, v in obj.items() if k != "tracking"}
+    if isinstance(obj, list):
+        return [_untracked(v) for v in obj]
+    return obj
+
+
 def stage_key(config: dict[str, Any], upstream: list[str]) -> str:
-    stable = {k: v for k, v in config.items() if k not in VOLATILE}
+    stable = {k: v for k, v in _untracked(config).items() if k not in VOLATILE}
     blob = json.dumps({"config": stable, "upstream": upstream}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -67,7 +67,7 @@ def drop_cross_unit_duplicates(out_dir: str, unit_order: list[str]) -> dict[str,
     seen: set[str] = set()
     dropped: dict[str, Counter[str]] = defaultdict(Counter)
     for path in sorted(files, key=key):
-        fs, p = eio._fs_and_path(path)
+        fs, p = eio.fs_and_path(path)
         cols = pq.read_table(p, columns=["id", "dataset", "kind"], filesystem=fs).to_pylist()
         keep = []
         for row in cols:

@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from .. import __version__
 from .. import io as eio
 from ..data.formats import get_format, looks_like_header
-from ..data.instructions import resolve_instruction
 from ..data.retrieval import beir_doc_text, from_beir_qrel
 from ..data.spec import SourceSpec
+from ..instructions import resolve_instruction
 from ..schema import rows_to_table
 
 SAMPLES_DIR = "samples"
@@ -64,12 +64,9 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
         delim: str | None = None
         if ext in (".tsv", ".txt", ".csv") and not path.startswith(eio.HF_PREFIX):
             try:
-                line1 = eio.first_line(path)
+                delim, first = eio.sniff_delimited(path, spec.delimiter)
             except (OSError, UnicodeDecodeError) as exc:
                 raise eio.SourceError(f"{path}: unreadable file: {exc}") from exc
-            # many ".csv" files in the wild are tab-separated (STS-B): sniff line 1
-            delim = spec.delimiter or ("\t" if ext != ".csv" or "\t" in line1 else ",")
-            first = [f.strip() for f in line1.split(delim)]
             has_header = spec.header if spec.header is not None else looks_like_header(first, fmt, spec)
             if has_header:
                 header = spec.columns or first

@@ -140,7 +140,7 @@ def _first_selected_ids(files: list[str], cfg: SynthConfig) -> list[str]:
     ids: list[str] = []
     per: Counter[str] = Counter()
     for f in files:
-        fs, p = eio._fs_and_path(f)
+        fs, p = eio.fs_and_path(f)
         for r in pq.read_table(p, columns=["id", "kind", "dataset"], filesystem=fs).to_pylist():
             if r["kind"] not in cfg.kinds or (cfg.datasets and r["dataset"] not in cfg.datasets):
                 continue
@@ -165,7 +165,7 @@ def duplicate_ids(raw_dir: str) -> tuple[set[str], int]:
     cols = ["id", "kind", "query", "positive", "label", "source"]
     tables = []
     for f in files:
-        fs, p = eio._fs_and_path(f)
+        fs, p = eio.fs_and_path(f)
         tables.append(pq.read_table(p, columns=cols, filesystem=fs))
     if not tables:
         return set(), 0

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import ConfigSection, JobConfig
 from ..model.encoder import Pooling, resolve_model_ref
+from ..tracking import TrackingSettings
 
 
 class LoraSettings(ConfigSection):
@@ -117,6 +118,7 @@ class TrainConfig(JobConfig):
     export_prompts: bool = Field(True, description="write query/document prompts into the export")
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")
     num_cpus: int | None = Field(None, description="CPUs of the local cluster when one is started")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @model_validator(mode="after")
     def _batches_split(self) -> TrainConfig:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from .. import io as eio
 from ..config import ConfigError
 from ..data.classification import draw_positive_and_negatives
-from ..data.instructions import format_instruction, is_symmetric
+from ..instructions import format_instruction, is_symmetric
 from .sampler import DatasetInfo
 
 COLUMNS = ("id", "instruction", "query", "positive", "negatives", "score", "label")
@@ -81,7 +81,7 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
     seen: set[str] = set()
     for inp in inputs:
         for path in sample_files(inp):
-            fs, p = eio._fs_and_path(path)
+            fs, p = eio.fs_and_path(path)
             table = pq.read_table(p, filesystem=fs)
             for (dataset, kind), part in _groups(table):
                 if kind not in kinds:
@@ -127,7 +127,7 @@ class TextBatch:
     """One rank's share of a batch: raw texts plus each row's prompt (formatted instruction).
 
     The prompt goes in front of the query, and in front of the documents too for symmetric
-    kinds (:func:`~embedforge.data.instructions.is_symmetric`).
+    kinds (:func:`~embedforge.instructions.is_symmetric`).
     """
 
     dataset: str
@@ -256,7 +256,7 @@ def _local_copy(data_dir: str) -> str:
         return data_dir.removeprefix("file://")
     target = os.path.join(tempfile.gettempdir(), "embedforge-train", _safe(data_dir))
     if not os.path.exists(os.path.join(target, "manifest.json")):
-        fs, p = eio._fs_and_path(data_dir)
+        fs, p = eio.fs_and_path(data_dir)
         tmp = target + f".tmp{os.getpid()}"
         fs.get(p, tmp, recursive=True)
         shutil.rmtree(target, ignore_errors=True)

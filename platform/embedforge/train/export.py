@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Any
 
-from ..data.instructions import format_instruction
+from ..instructions import format_instruction
 from .config import ModelSettings
 from .model import EmbeddingModel, build_model
 

@@ -66,7 +66,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from .. import metrics
+    from .. import metrics, tracking
     from .data import TrainData
     from .losses import gather_all
     from .model import batch_groups, batch_loss, build_model, loss_step
@@ -107,6 +107,7 @@ def train_worker(config: dict[str, Any]) -> None:
                      keys_of=data.keys, world=world,
                      decisions=[BatchDecision(**x) for x in config["decisions"]])
     log_path = config.get("metrics_log")
+    run = tracking.attach(config.get("tracking")) if rank == 0 else tracking.NULL
     if rank == 0:
         _truncate_history(log_path, start)
     if rank == 0:
@@ -155,6 +156,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             _append_history(log_path, last)
             _record(last, metrics, window["examples"], int(stats[1]))
+            run.log_metrics(tracking.train_metrics(last), step=done)
             print(f"[train] stage {n} step {done}/{st.steps} loss {last['loss']:.4f} ({batch.kind}:"
                   f"{batch.dataset}) lr {last['lr']:.2e} {last['examples_per_s']} ex/s "
                   f"{last['tokens_per_s']:.0f} tok/s", flush=True)

@@ -8,6 +8,7 @@ retried from the last checkpoint by ``FailureConfig``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import io as eio
+from .. import tracking
 from ..cluster import connect
 from ..config import ConfigError
 from ..schema import KINDS
@@ -50,8 +52,10 @@ def decide_batches(cfg: TrainConfig, data_dir: str, manifest: list[dict[str, Any
 
 
 def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
-              fault: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train stage ``n`` from ``init_path`` (must run inside a Ray connection); returns its summary."""
+              fault: dict[str, Any] | None = None,
+              run: tracking.AnyRun = tracking.NULL) -> dict[str, Any]:
+    """Train stage ``n`` from ``init_path`` (must run inside a Ray connection); returns its
+    summary. ``run``: the MLflow run of the stage (rank 0 logs its progress to it)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -66,6 +70,8 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
         log(f"[train] stage {n}: finished earlier ({model_dir}), skipped")
         return eio.read_json(summary_path)
     t0 = time.time()
+    run.log_params(cfg.model_dump(mode="json"))
+    run.log_text(json.dumps(cfg.model_dump(mode="json"), indent=2), "config.json")
     kinds = ("retrieval",) if n == 1 else KINDS
     data_dir = os.path.join(stage_dir, "data")
     manifest = materialize([_abs(x) for x in st.inputs], data_dir, kinds)
@@ -84,7 +90,8 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": n, "init": init_path,
                            "data_dir": data_dir, "manifest": manifest, "use_gpu": use_gpu,
                            "decisions": [asdict(x) for x in decisions],
-                           "metrics_log": os.path.join(stage_dir, "metrics.jsonl"), **(fault or {})},
+                           "metrics_log": os.path.join(stage_dir, "metrics.jsonl"),
+                           "tracking": run.ref, **(fault or {})},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -116,6 +123,7 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
                "seconds": round(time.time() - t0, 1), "checkpoint": ckpt.path}
     _plot(history, os.path.join(stage_dir, "loss.png"), n)
     eio.write_json(summary, summary_path)
+    run.log_files([os.path.join(stage_dir, f) for f in ("metrics.jsonl", "loss.png", "summary.json")])
     log(f"[train] stage {n}: exported {model_dir} (final loss {result.metrics.get('loss')})")
     return summary
 
@@ -134,7 +142,9 @@ def run_train(cfg: TrainConfig, log=print, fault: dict[str, Any] | None = None) 
             elif n == 2:
                 s1 = os.path.join(_abs(eio.join(cfg.output, "stage1")), "model")
                 init = s1 if os.path.exists(os.path.join(s1, "modules.json")) else init
-            out["stages"].append(run_stage(cfg, n, init, log, fault))
+            with tracking.job_run(cfg.tracking, cfg.output, f"train-stage{n}",
+                                  {"embedforge.job": "train"}) as run:
+                out["stages"].append(run_stage(cfg, n, init, log, fault, run))
     final = out["stages"][-1]["model"]
     out["model"] = final
     eio.write_json(out, eio.join(cfg.output, "summary.json"))

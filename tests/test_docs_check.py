@@ -1,0 +1,106 @@
+"""docs/check.py (`make docs-check`): the repository's docs pass, and planted mistakes fail it:
+a broken link, a missing anchor, a flag the job does not have, a missing path or module, and
+a layout tree that puts a folder in the wrong place."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# docs/ is a folder of pages, not a package: load the script by path
+_spec = importlib.util.spec_from_file_location("ef_docs_check", ROOT / "docs" / "check.py")
+assert _spec is not None and _spec.loader is not None
+check = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = check  # its dataclasses look their module up
+_spec.loader.exec_module(check)
+
+
+def problems(tmp_path: Path, text: str, name: str = "page.md") -> list[str]:
+    page = tmp_path / "docs" / name
+    page.parent.mkdir(exist_ok=True)
+    page.write_text(text, encoding="utf-8")
+    return check.check([page]).problems
+
+
+def test_the_repository_docs_pass():
+    report = check.check(check.default_pages())
+    assert report.problems == []
+    pages = {check._rel(p) for p in check.default_pages()}
+    assert {"README.md", "docs/index.md", "docs/train.md", "benchmarks/README.md"} <= pages
+    assert report.counts["links"] > 30 and report.counts["flags"] > 100
+
+
+def test_planted_broken_link_fails_the_command(tmp_path):
+    good = tmp_path / "docs" / "ok.md"
+    good.parent.mkdir()
+    good.write_text("# Ok\n\n## Some section\n")
+    page = tmp_path / "docs" / "page.md"
+    page.write_text("See [ok](ok.md#some-section), [the same](./ok.md) and "
+                    "[a page that is not there](missing.md).\n")
+    res = subprocess.run([sys.executable, str(ROOT / "docs" / "check.py"), "--pages", str(page)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert f"{page}:1: link to missing.md" in res.stderr and "FAILED, 1 problem" in res.stderr
+    page.write_text("See [ok](ok.md#some-section).\n")
+    ok = subprocess.run([sys.executable, str(ROOT / "docs" / "check.py"), "--pages", str(page)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_anchor_must_be_a_heading(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "t.md").write_text("# T\n\n## Synthesis: LLM fan-out\n")
+    assert problems(tmp_path, "[a](t.md#synthesis-llm-fan-out)\n") == []
+    [p] = problems(tmp_path, "[a](t.md#synthesis)\n")
+    assert "no heading #synthesis" in p
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # a job's flags, in a command line (continued over lines) and inline
+    ("```bash\npython jobs/train.py --config jobs/configs/local-cpu.yaml \\\n"
+     "    --stage1.steps 3 --tracking.enabled false --no-tracking.enabled\n```\n", None),
+    ("```bash\npython jobs/train.py \\\n    --stage1.stepz 3\n```\n",
+     "flag --stage1.stepz is not a flag of jobs/train.py"),
+    ("```bash\nray job submit --working-dir . -- python jobs/evaluate.py --task x --ray\n```\n",
+     None),  # ray's flags are ray's; the job's are checked
+    ("```bash\nray job submit -- python jobs/evaluate.py --tasks x\n```\n",
+     "flag --tasks is not a flag of jobs/evaluate.py"),
+    ("```bash\n.venv/bin/python dashboards/build.py --check --dry\n```\n",
+     "flag --dry is not a flag of dashboards/build.py"),
+    ("Use `--local-llm.*` or `--llm.limiter partitioned`.\n", None),
+    ("Use `--llm.limitr partitioned`.\n", "flag --llm.limitr is not a flag of any job"),
+    ("```bash\npython jobs/mine.py  # then --selection.rank-rang 1-2\n```\n",
+     "flag --selection.rank-rang"),
+    # paths and modules
+    ("Read `platform/embedforge/tracking.py` and `jobs/configs/*.yaml`.\n", None),
+    ("Read `platform/embedforge/data/instructions.py`.\n",
+     "path platform/embedforge/data/instructions.py does not exist"),
+    ("Shipped as `embedforge/eval/instructions.yaml`.\n",
+     "path embedforge/eval/instructions.yaml does not exist"),
+    ("`embedforge.instructions.resolve_instruction`, `embedforge.io`, tag `embedforge.gate`\n",
+     None),
+    ("`embedforge.eval.instructions.InstructionMap`\n",
+     "embedforge.eval.instructions.InstructionMap is neither a module"),
+    ("```yaml\nconfig: jobs/configs/nope.yaml\n```\n", "path jobs/configs/nope.yaml"),
+    # the layout tree the issue found wrong: library folders listed under jobs/
+    ("```\nplatform/embedforge/   lib\n  schema.py   x\njobs/   entrypoints\n  llm/   gateway\n```\n",
+     "layout: jobs/llm/ does not exist"),
+])
+def test_planted_mistakes(tmp_path, text, expected):
+    found = problems(tmp_path, text)
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and expected in found[0], found
+
+
+def test_a_stage_page_checks_its_own_jobs_flags(tmp_path):
+    # --selection.margin is mining's, not training's
+    [p] = problems(tmp_path, "Set `--selection.margin`.\n", name="train.md")
+    assert "--selection.margin is not a flag of the page's job" in p
+    assert problems(tmp_path, "Set `--selection.margin`.\n", name="mine.md") == []
