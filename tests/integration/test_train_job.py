@@ -202,7 +202,8 @@ def test_gradcache_under_zero3_equals_full_batch_and_partitions_state(tmp_path, 
     probe = tmp_path / "probe"
     probe.mkdir()
     run_train(cfg, fault={"probe_dir": str(probe)})
-    r0, r1 = torch.load(probe / "rank0.pt"), torch.load(probe / "rank1.pt")
+    r0 = torch.load(probe / "rank0.pt", weights_only=True)
+    r1 = torch.load(probe / "rank1.pt", weights_only=True)
     total = r0["param_elems_total"]
     assert r0["param_elems_local"] + r1["param_elems_local"] == pytest.approx(total, rel=0.01)
     assert r0["param_elems_local"] / total == pytest.approx(0.5, abs=0.02)

@@ -138,7 +138,11 @@ def run_prepare_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
 def build_synthesize(cfg: PipelineConfig, f: Folders) -> Any:
     from ..synth.config import SynthConfig
 
-    return compose(SynthConfig, cfg.synthesize,
+    section = dict(cfg.synthesize)
+    # paid LLM responses live outside synth/, which a config change clears (as mining's
+    # embeddings do): a re-run pays only for prompts never sent
+    section.setdefault("cache", eio.join(f.cache, "llm"))
+    return compose(SynthConfig, section,
                    {"input": f.prepared, "output": f.synth, **ray_fields(cfg)}, "synthesize")
 
 
