@@ -86,7 +86,7 @@ def test_no_unsafe_torch_load_in_the_project():
         for name in files:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
-                for i, line in enumerate(open(path, encoding="utf-8"), 1):
-                    if "torch.load(" in line and "weights_only=True" not in line:
-                        bad.append(f"{path}:{i}: {line.strip()}")
+                with open(path, encoding="utf-8") as fh:
+                    bad += [f"{path}:{i}: {line.strip()}" for i, line in enumerate(fh, 1)
+                            if "torch.load(" in line and "weights_only=True" not in line]
     assert bad == []
