@@ -55,9 +55,14 @@ def test_claim_marks_a_new_or_empty_folder_and_accepts_its_own(tmp_path):
     (new / "samples").mkdir()
     claim_output(str(new), "mine")                 # a second run into its own folder
     empty = tmp_path / "empty"
-    empty.mkdir()
+    (empty / "stage2" / "sub").mkdir(parents=True)   # folders made ahead hold nothing to lose
     claim_output(str(empty), "prepare")
     assert owner(str(empty)) == "prepare"
+    deep = tmp_path / "deep"
+    (deep / "a" / "b").mkdir(parents=True)
+    (deep / "a" / "b" / OWNER_FILE).write_text("{}")    # a marker further down is a file
+    with pytest.raises(ConfigError, match="not empty"):
+        claim_output(str(deep), "prepare")
 
 
 def test_claim_refuses_a_foreign_folder_unless_forced(tmp_path):

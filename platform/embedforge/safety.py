@@ -99,13 +99,18 @@ def owner(output: str) -> str | None:
 
 
 def _has_content(output: str) -> bool:
+    """Any file in ``output`` but the marker (empty folders hold nothing to lose: a launcher
+    creates the stage folders ahead). Stops at the first file found."""
     fs, p = eio._fs_and_path(output)
     if not fs.exists(p):
         return False
     if not fs.isdir(p):
         return True
-    names = [posixpath.basename(x.rstrip("/")) for x in fs.ls(p, detail=False)]
-    return any(n != OWNER_FILE for n in names)
+    top = p.rstrip("/")
+    for root, _dirs, files in fs.walk(p):
+        if any(f != OWNER_FILE or root.rstrip("/") != top for f in files):
+            return True
+    return False
 
 
 def claim_output(output: str, stage: str, force: bool = False) -> None:
