@@ -144,6 +144,18 @@ def test_two_stages_export_loads_everywhere_and_rerun_skips(tmp_path, data):
     again = run_train(cfg, log=logs.append)
     assert sum("skipped" in x for x in logs) == 2 and again["model"] == out
 
+    # a changed stage-2 recipe: stage 1 is kept, stage 2 trains again from it (not skipped to
+    # the old model, not resumed from old-config checkpoints)
+    stage1_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "stage1").rglob("*")}
+    logs = []
+    lr = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"lr": cfg.stage2.lr * 2})})
+    rerun = run_train(lr, log=logs.append)
+    assert any("stage 1: finished earlier" in x for x in logs)
+    assert any("stage 2:" in x and "changed: stage2" in x for x in logs), logs
+    assert rerun["stages"][1]["final"]["step"] == 4
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "stage1").rglob("*")} == stage1_files
+    assert not np.allclose(Encoder(EncoderSettings(model=rerun["model"])).encode(texts, prompt), ours)
+
 
 def test_worker_killed_mid_run_resumes_to_the_same_loss(tmp_path, data):
     """A worker SIGKILLed at step 5 is restarted from the step-4 checkpoint by FailureConfig;
