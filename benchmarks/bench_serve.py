@@ -155,7 +155,9 @@ def main() -> None:
     results["ours"] = measure([sys.executable, str(ROOT / "jobs" / "serve.py"), "--encoder.model", model,
                                "--port", str(port), "--num-cpus", str(per_replica),
                                "--replicas", str(args.replicas), "--batch.wait-ms", str(args.wait_ms),
-                               "--num-cpus-cluster", str(args.threads + 1)],
+                               "--num-cpus-cluster", str(args.threads + 1),
+                               # a load test on 127.0.0.1: no keys, no per-client rate limit
+                               "--allow-unauthenticated", "--rate-limit.requests-per-minute", "null"],
                               port, env, 300, texts, clients, per, args)
 
     print("\nratio ours / plain (throughput; p99)")

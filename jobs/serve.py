@@ -6,23 +6,30 @@
     serve deploy cluster/serve/embedforge-serve.yaml
 
 Then: ``openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=...).embeddings.create(...)``
-or ``curl -d '{"inputs": "hello"}' http://127.0.0.1:8000/embed``. API keys: comma-separated in
-EMBEDFORGE_API_KEYS (or --api-key-file); unset means no auth.
+or ``curl -H "Authorization: Bearer KEY" -d '{"inputs": "hello"}' http://127.0.0.1:8000/embed``.
+API keys: comma-separated in EMBEDFORGE_API_KEYS (or --api-key-file). Without keys the endpoint
+refuses to start, unless --allow-unauthenticated is given (then it warns).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from embedforge.cluster import connect
 from embedforge.config import ConfigError, parse_config, run_cli
 from embedforge.serve.config import ServeConfig
-from embedforge.serve.run import deploy
+from embedforge.serve.run import deploy, preflight
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ServeConfig, argv)
+    if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
+        preflight(cfg)  # the replicas will run here: check their model and keys first
+    if cfg.allow_unauthenticated:
+        print(f"warning: --allow-unauthenticated: anyone who can reach {cfg.host}:{cfg.port} "
+              "can use the model", file=sys.stderr, flush=True)
     with connect(cfg.ray_address, cfg.num_cpus_cluster) as ray_info:
         if cfg.detach and ray_info["started"]:
             raise ConfigError("--detach needs a running Ray cluster (RAY_ADDRESS or "

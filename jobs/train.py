@@ -5,7 +5,9 @@
     ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/qzhou-7b.yaml
 
 Re-running the same command resumes an interrupted stage from its last checkpoint and skips
-finished ones. The final model (OUTPUT/model) loads in sentence-transformers and transformers.
+finished ones (a stage whose config, starting model or input files changed runs again). The
+final model (OUTPUT/stage2/model, or OUTPUT/stage1/model with --run 1) loads in
+sentence-transformers and transformers.
 """
 
 from __future__ import annotations

@@ -153,6 +153,22 @@ def project_image() -> str:
     return m.group(1)
 
 
+PINNED = re.compile(r"(?P<image>[^@\s]+)@sha256:[0-9a-f]{64}")
+
+
+@cache
+def pinned_image() -> str:
+    """The one digest-pinned reference (``TAG@sha256:<64 hex>``) of the image the README
+    builds, as the launcher config names it: every manifest must run exactly this."""
+    images = launcher_images(launcher(LAUNCHERS[0]))
+    assert len(images) == 1, images
+    (image,) = images
+    m = PINNED.fullmatch(image)
+    assert m and m.group("image") == project_image(), \
+        f"{image} is not {project_image()}@sha256:<digest> (pin the image by digest)"
+    return image
+
+
 # ---------------------------------------------------------------------------------- helpers
 def get_path(obj: Any, dotted: str) -> list[Any]:
     """Values at a dotted path ("a.b[].c"); a missing key yields no value for that branch."""
@@ -336,6 +352,7 @@ def kuberay_images(doc: dict) -> set[str]:
     submitter = (doc.get("spec") or {}).get("submitterPodTemplate")
     if submitter:
         images |= {c.get("image") for c in submitter["spec"]["containers"]}
+    images |= {(spec.get("autoscalerOptions") or {}).get("image")} - {None}
     return images
 
 
@@ -490,7 +507,7 @@ def test_launcher_validates_against_rays_schema(path):
 @pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
 def test_launcher_nodes_run_this_project(path):
     cfg = launcher(path)
-    assert launcher_image_problems(cfg, project_image()) == []
+    assert launcher_image_problems(cfg, pinned_image()) == []
     assert launcher_gpu_problems(cfg) == []
     types = cfg["available_node_types"]
     gpu_types = [n for n, t in types.items() if t["resources"].get("GPU")]
@@ -537,7 +554,7 @@ def test_kuberay_object_has_required_fields(name, doc):
 @pytest.mark.parametrize(("name", "doc"), ray_objects(), ids=ids(ray_objects()))
 def test_kuberay_pods_run_the_project_image_in_the_repo(name, doc):
     """One image everywhere, and Ray runs in the repo folder so `python jobs/x.py` resolves."""
-    assert kuberay_images(doc) == {project_image()}
+    assert kuberay_images(doc) == {pinned_image()}
     workdir = dockerfile_workdir()
     for group_name, group in pod_groups(cluster_spec(doc)):
         assert ray_container(group).get("workingDir") == workdir, group_name
@@ -652,21 +669,101 @@ def test_synthesis_gets_its_llm_key_from_a_secret_on_every_pod():
 
 
 def test_stages_hand_their_folders_to_the_next_stage():
-    """prepared -> synthesize -> mine -> train -> the RayService's model, on the same volume."""
+    """prepared -> synthesize -> mine -> train, on the same volume (the model: below)."""
     jobs = rayjob_configs()
     synth, mine, train = jobs["jobs/synthesize.py"], jobs["jobs/mine.py"], jobs["jobs/train.py"]
     assert mine.input == synth.output
     assert mine.output in train.stage1.inputs and mine.output in train.stage2.inputs
     assert synth.input in train.stage2.inputs   # the prepared pairs/classification data
     assert mine.selection.num_negatives >= train.loss.num_negatives
-    # the RayService's model is the train job's export, seen through its own mounts
+
+
+def train_rayjob() -> dict:
+    return next(d for _, d in RAYJOBS if "train.py" in d["spec"]["entrypoint"])
+
+
+def served_model_problems(train_doc: dict, svc_doc: dict) -> list[str]:
+    """The RayService's model must be the folder the train RayJob leaves its final model in
+    (``final_model_dir``, what the training code writes), on the same volume claim, for every
+    pod that hosts a replica."""
+    from embedforge.train.run import final_model_dir
+
+    _, train = parse_entrypoint(train_doc["spec"]["entrypoint"])
+    final = final_model_dir(train)
+    train_spec = cluster_spec(train_doc)
+    written = {pvc_location(train_spec, g, final) for _, g in pod_groups(train_spec)}
+    if len(written) != 1 or None in written:
+        return [f"the train job's pods do not all see {final} on one volume: {written}"]
+    (where,) = written
+    cfg = ServeConfig.model_validate(serve_app(svc_doc)["args"])
+    spec = cluster_spec(svc_doc)
+    out = []
+    for name, group in replica_groups(spec, cfg):
+        seen = pvc_location(spec, group, cfg.encoder.model)
+        if seen != where:
+            out.append(f"{name}: serves {cfg.encoder.model} = {seen}, but training writes its "
+                       f"final model {final} to {where}")
+    return out
+
+
+def mount_source(run_options: list[str], path: str) -> str | None:
+    """The host path behind ``path`` in a container started with ``docker run`` options
+    ``-v HOST:CONTAINER[:ro]`` (the deepest mount wins)."""
+    best = None
+    for opt in run_options:
+        m = re.fullmatch(r"-v\s+([^:\s]+):([^:\s]+)(:\w+)?", opt.strip())
+        if not m:
+            continue
+        host, inside = m.group(1), m.group(2).rstrip("/")
+        if (path == inside or path.startswith(inside + "/")) and (
+                best is None or len(inside) > len(best[1])):
+            best = (host, inside)
+    return None if best is None else posixpath.normpath(best[0] + path[len(best[1]):])
+
+
+def launcher_served_model_problems(cfg: dict, serve_yaml: dict, train_doc: dict) -> list[str]:
+    """On a launcher cluster, `serve deploy`'s model path, through the containers' mounts, is
+    the host folder the train job (same flags as the RayJob) writes its final model to."""
+    from embedforge.train.run import final_model_dir
+
+    _, train = parse_entrypoint(train_doc["spec"]["entrypoint"])
+    opts = cfg["docker"]["run_options"]
+    written = mount_source(opts, final_model_dir(train))
+    (app,) = serve_yaml["applications"]
+    model = app["args"]["encoder"]["model"]
+    served = mount_source(opts, model)
+    if written is None or served != written:
+        return [f"serves {model} = host {served}, but training writes its final model to "
+                f"host {written}"]
+    return []
+
+
+def test_the_served_model_is_the_train_jobs_final_export():
+    """RayJob train -> its final model folder -> the RayService's and `serve deploy`'s model."""
     ((_, svc),) = ray_objects("RayService")
-    model = serve_app(svc)["args"]["encoder"]["model"]
-    spec = cluster_spec(svc)
-    served = {pvc_location(spec, g, model) for _, g in pod_groups(spec)}
-    train_spec = next(cluster_spec(d) for _, d in RAYJOBS if "train.py" in d["spec"]["entrypoint"])
-    claim, folder = pvc_location(train_spec, train_spec["headGroupSpec"], train.output)
-    assert served == {(claim, posixpath.join(folder, "model"))}   # train writes OUTPUT/model
+    assert served_model_problems(train_rayjob(), svc) == []
+    for path in LAUNCHERS:
+        assert launcher_served_model_problems(launcher(path), serve_deploy_yaml(),
+                                              train_rayjob()) == [], path.name
+
+
+def test_the_model_path_check_fails_on_a_mismatch():
+    ((_, svc),) = ray_objects("RayService")
+    for old, new in (("runs/qzhou-7b/train/stage2", "runs/qzhou-7b/train"),   # the old bug
+                     ("runs/qzhou-7b/train/stage2", "runs/qzhou-7b/train/stage1")):
+        broken = copy.deepcopy(svc)
+        for _, g in pod_groups(cluster_spec(broken)):
+            for m in ray_container(g).get("volumeMounts") or []:
+                if m.get("subPath") == old:
+                    m["subPath"] = new
+        assert served_model_problems(train_rayjob(), broken), new
+    train = copy.deepcopy(train_rayjob())
+    train["spec"]["entrypoint"] += " --run 1"       # the final model is stage 1's now
+    assert served_model_problems(train, svc)
+    cfg = copy.deepcopy(launcher(LAUNCHERS[0]))
+    cfg["docker"]["run_options"] = [o.replace("train/stage2:", "train:")
+                                    for o in cfg["docker"]["run_options"]]
+    assert launcher_served_model_problems(cfg, serve_deploy_yaml(), train_rayjob())
 
 
 # ---------------------------------------------------------------------------------- rayservice
@@ -691,6 +788,17 @@ def test_rayservice_deploys_the_serve_deploy_application():
     assert raw["http_options"] == serve_deploy_yaml()["http_options"]
 
 
+def replica_groups(spec: dict, cfg: ServeConfig) -> list[tuple[str, dict]]:
+    """The groups whose pods can host a replica (room for its CPUs and GPUs)."""
+    gpus_per = 1.0 if cfg.num_gpus == "auto" else float(cfg.num_gpus)
+    out = []
+    for name, group in pod_groups(spec):
+        cpus, gpus = group_resources(group)
+        if cpus >= cfg.num_cpus and gpus >= gpus_per:
+            out.append((name, group))
+    return out
+
+
 def test_rayservice_pods_can_host_every_replica_with_its_keys_and_model():
     ((_, doc),) = ray_objects("RayService")
     cfg = ServeConfig.model_validate(serve_app(doc)["args"])
@@ -699,10 +807,12 @@ def test_rayservice_pods_can_host_every_replica_with_its_keys_and_model():
     replicas = cfg.autoscaling.max_replicas if cfg.replicas == "auto" else int(cfg.replicas)
     assert spec.get("enableInTreeAutoscaling") or cfg.replicas != "auto"
     assert capacity(spec, cfg.num_cpus, gpus_per) >= replicas
-    for name, group in pod_groups(spec):
+    assert replica_groups(spec, cfg)
+    for name, group in replica_groups(spec, cfg):
         env = env_of(ray_container(group)).get(cfg.api_key_env)
         assert env and "secretKeyRef" in env.get("valueFrom", {}), f"{name}: ${cfg.api_key_env}"
         assert pvc_location(spec, group, cfg.encoder.model), f"{name}: model not mounted"
+    assert not cfg.allow_unauthenticated
 
 
 # ---------------------------------------------------------------------------------- image
@@ -739,12 +849,15 @@ def test_dockerfile_builds_this_project_on_the_clusters_ray():
 
 
 def test_every_manifest_uses_the_one_image_the_dockerfile_builds():
+    """The tag the README builds (with the project version), pinned by one digest everywhere:
+    a tag can be re-pushed with other content, a digest cannot."""
     image = project_image()
     assert image.rsplit(":", 1)[1] == embedforge.__version__, "tag the image with the version"
     assert f"-t {image} ." in DOCKERFILE.read_text(), "the Dockerfile documents the same tag"
     images = set().union(*(kuberay_images(d) for _, d in ray_objects()),
                          *(launcher_images(launcher(p)) for p in LAUNCHERS))
-    assert images == {image}
+    assert images == {pinned_image()}
+    assert PINNED.fullmatch(pinned_image()).group("image") == image
 
 
 def test_docker_context_keeps_what_the_image_and_jobs_need():

@@ -100,3 +100,42 @@ def test_tracking_is_wired_into_train_and_evaluate_but_never_into_a_stage_key(tm
     assert stage_key({"a": [{"tracking": {"uri": "x"}, "b": 1}]}, []) == \
         stage_key({"a": [{"b": 1}]}, [])
     assert k != stage_key({"stage": {**t1.model_dump(mode="json"), "seed": 7}}, [])
+
+
+def test_paid_llm_responses_live_outside_every_folder_the_pipeline_clears(tmp_path, monkeypatch):
+    from embedforge.pipeline.stages import build_serve, build_synthesize
+    from embedforge.safety import overlap
+
+    c = cfg(tmp_path)
+    f = Folders(c.output)
+    synth = build_synthesize(c, f)
+    cleared = [out for d in DEFS.values() for out in d.outputs(f)]
+    assert synth.cache == f"{f.cache}/llm"
+    assert all(overlap(synth.cache, out) is None for out in cleared)
+    assert all(overlap(build_mine(c, f).cache, out) is None for out in cleared)
+    own = cfg(tmp_path, synthesize={"cache": str(tmp_path / "my-cache")})
+    assert build_synthesize(own, f).cache == str(tmp_path / "my-cache")
+    # the endpoint gets a key of the run's own unless the user gave keys
+    monkeypatch.delenv("EMBEDFORGE_API_KEYS", raising=False)
+    assert build_serve(c, f).api_key_file == f.api_key
+    monkeypatch.setenv("EMBEDFORGE_API_KEYS", "k1")
+    assert build_serve(c, f).api_key_file is None
+
+
+def test_a_rerun_clears_only_stage_folders_the_stage_owns(tmp_path):
+    from embedforge.safety import claim_output, remove_owned
+
+    f = Folders(str(tmp_path / "run"))
+    root, stage = DEFS["train1"].owner(f)
+    claim_output(root, stage)
+    (tmp_path / "run" / "train" / "stage1").mkdir()
+    for out in DEFS["train1"].outputs(f):
+        remove_owned(out, root, stage)
+    assert not (tmp_path / "run" / "train" / "stage1").exists()
+    (tmp_path / "run" / "prepared").mkdir()
+    (tmp_path / "run" / "prepared" / "mine.jsonl").write_text("user data")
+    root, stage = DEFS["prepare"].owner(f)
+    with pytest.raises(ConfigError, match=r"refusing to delete .*/prepared: it has no"):
+        remove_owned(DEFS["prepare"].outputs(f)[0], root, stage)
+    assert (tmp_path / "run" / "prepared" / "mine.jsonl").exists()
+    assert all(d.owner is not None for n, d in DEFS.items() if d.outputs(f))

@@ -73,3 +73,37 @@ def test_unit_marker_written_last_and_ids_stable(fixtures_dir, tmp_path):
     process_unit(task, str(tmp_path))
     marker = eio.read_json(str(tmp_path / "_units" / f"{task['unit_id']}.json"))
     assert marker["samples"] == 3 and marker["rejected"]["invalid_json"] == 1
+
+
+def test_unit_ids_follow_the_file_content_not_only_its_path(tmp_path):
+    import os
+
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"title": "t", "body": "one"}\n')
+    spec = SourceSpec(name="a", format="title_body", path=str(src))
+    [first] = plan_source(spec, {}, 1 << 20)
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))    # touched: same bytes, new mtime
+    [touched] = plan_source(spec, {}, 1 << 20)
+    src.write_text('{"title": "t", "body": "two"}\n')               # same size, new content
+    [edited] = plan_source(spec, {}, 1 << 20)
+    assert len({first["unit_id"], touched["unit_id"], edited["unit_id"]}) == 3
+    assert all(u["unit_id"].startswith("a-") for u in (first, touched, edited))
+    assert eio.file_version(str(src)) == {"size": src.stat().st_size,
+                                          "mtime_ns": src.stat().st_mtime_ns}
+    assert eio.file_version("hf:org/name") == {}
+
+
+def test_an_unreadable_unit_keeps_earlier_parts_and_writes_no_marker(tmp_path, fixtures_dir):
+    spec = SourceSpec(name="arts", format="title_body", path=str(fixtures_dir / "broken_articles.jsonl"))
+    [task] = plan_source(spec, {}, 1 << 20)
+    out = str(tmp_path / "out")
+    process_unit(task, out)
+    part = tmp_path / "out" / "samples" / f"part-{task['unit_id']}-0000.parquet"
+    before = part.read_bytes()
+    gone = dict(task, unit={**task["unit"], "path": str(tmp_path / "gone.jsonl")})
+    (tmp_path / "out" / "_units" / f"{task['unit_id']}.json").unlink()
+    stats = process_unit(gone, out)
+    assert stats["fatal"] and "unreadable" in stats["fatal"]
+    assert part.read_bytes() == before                      # no empty part over the earlier one
+    assert not (tmp_path / "out" / "_units" / f"{task['unit_id']}.json").exists()   # retried next run

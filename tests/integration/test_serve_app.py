@@ -1,10 +1,15 @@
 """The Serve application on a real local Ray cluster, called over HTTP on 127.0.0.1 with the
-openai SDK and raw requests: results equal sentence-transformers on the exported model."""
+openai SDK and raw requests: results equal sentence-transformers on the exported model; it
+refuses to start without keys, and keys, rate limits, token budgets and off-loop tokenisation
+hold through the real Serve proxy."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
+import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +21,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INSTRUCTION = "Given a claim, retrieve documents that support or refute it"
 KEY = "sk-test-0123456789"
+KEY2 = "sk-test-second-key"
+KEY3 = "sk-test-third-key"
+# One token budget short of 2,048 texts truncated to the model's 64 tokens: a request of 2,048
+# texts x 8,192 tokens is tokenised to the end (the most work one request can cause), then 413.
+BIG_TEXTS, BIG_TOKENS, MODEL_MAX = 2048, 8192, 64
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +55,25 @@ def server(exported, tmp_path_factory):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=5, include_dashboard=False)
     key_file = tmp_path_factory.mktemp("secret") / "keys"
-    key_file.write_text(KEY + "\n")
+    key_file.write_text(f"{KEY}\n{KEY2}\n{KEY3}\n")
     port = free_port()
     base = {"encoder": {"model": exported}, "model_name": "ef-minilm", "port": port, "max_inputs": 8,
             "max_body_bytes": 16384, "num_cpus": 1, "batch": {"wait_ms": 20}}
-    open_url = deploy(ServeConfig.model_validate(base))
-    secure_url = deploy(ServeConfig.model_validate(
-        {**base, "name": "secure", "route_prefix": "/secure", "api_key_file": str(key_file)}))
-    yield {"url": open_url, "secure": secure_url, "model": exported}
+    open_url = deploy(ServeConfig.model_validate({**base, "allow_unauthenticated": True}))
+    secure = {**base, "api_key_file": str(key_file)}
+    secure_url = deploy(ServeConfig.model_validate({**secure, "name": "secure",
+                                                    "route_prefix": "/secure"}))
+    limited_url = deploy(ServeConfig.model_validate({
+        **secure, "name": "limited", "route_prefix": "/limited", "max_request_tokens": 100,
+        "rate_limit": {"requests_per_minute": 6, "burst": 3}}))
+    big_url = deploy(ServeConfig.model_validate({
+        **secure, "name": "big", "route_prefix": "/big", "max_inputs": BIG_TEXTS,
+        "max_body_bytes": 32 * 1024 * 1024, "max_request_tokens": BIG_TEXTS * MODEL_MAX - 1,
+        "rate_limit": {"requests_per_minute": None}, "request_timeout_s": 600}))
+    yield {"url": open_url, "secure": secure_url, "limited": limited_url, "big": big_url,
+           "model": exported}
     serve.shutdown()
     ray.shutdown()
 
@@ -193,3 +212,121 @@ def test_api_key_required_when_configured(server):
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=url + "/v1", api_key="nope").embeddings.create(model="ef-minilm", input="hi")
     assert os.environ.get("EMBEDFORGE_API_KEYS") is None  # the open app really runs without keys
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def get_raw(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def test_docs_openapi_and_info_need_a_key_and_info_hides_the_model_path(server):
+    url = server["secure"]
+    for route in ("/docs", "/openapi.json", "/info", "/v1/models"):
+        code, _, body = get_raw(url + route)
+        assert code == 401, (route, body[:200])
+        assert get_raw(url + route, {"Authorization": "Bearer wrong"})[0] == 401
+    code, kind, page = get_raw(url + "/docs", AUTH)
+    assert code == 200 and kind.startswith("text/html") and b"/secure/openapi.json" in page
+    code, _, spec = get_raw(url + "/openapi.json", AUTH)
+    assert code == 200 and "/v1/embeddings" in json.loads(spec)["paths"]
+    code, _, info = get_raw(url + "/info", AUTH)
+    assert code == 200 and json.loads(info)["model_id"] == "ef-minilm"
+    assert "model_path" not in json.loads(info) and server["model"].encode() not in info
+    assert get_raw(url + "/health")[0] == 200   # the liveness probe stays open
+
+
+def test_no_keys_refuses_to_start(server):
+    """Without keys and without allow_unauthenticated the replica refuses, and deploy says why."""
+    from ray import serve
+
+    from embedforge.cluster import free_port
+    from embedforge.serve.config import ServeConfig
+    from embedforge.serve.run import DeployFailed, deploy
+
+    assert not os.environ.get("EMBEDFORGE_API_KEYS")
+    cfg = ServeConfig.model_validate({"encoder": {"model": server["model"]}, "name": "nokeys",
+                                      "route_prefix": "/nokeys", "port": free_port(), "num_cpus": 1})
+    t0 = time.time()
+    try:
+        with pytest.raises(DeployFailed, match=r"'nokeys' failed to start: ConfigError: no API keys"):
+            deploy(cfg, timeout_s=240)
+    finally:
+        serve.delete("nokeys")
+    assert time.time() - t0 < 200   # reported when Serve gives up, not at the timeout
+
+
+def test_over_the_token_budget_is_413(server):
+    url, auth = server["limited"], {"Authorization": f"Bearer {KEY2}"}
+    code, out = post(url + "/v1/embeddings", {"input": ["word " * 30] * 4}, auth)   # 4 x 32 tokens
+    assert code == 413 and "more than 100 tokens in one request" in out["error"]["message"], out
+    code, out = post(url + "/embed", {"inputs": ["word " * 30] * 4}, auth)
+    assert code == 413 and "more than 100 tokens" in out["error"]
+    code, out = post(url + "/v1/embeddings", {"input": ["word " * 30] * 3}, auth)  # 96 tokens
+    assert code == 200 and out["usage"]["prompt_tokens"] == 96
+
+
+def test_per_key_rate_limit_is_429_with_retry_after(server):
+    url = server["limited"] + "/v1/embeddings"
+    codes, headers = [], None
+    for _ in range(4):   # burst 3, then 6 a minute: the fourth is early
+        req = urllib.request.Request(url, data=json.dumps({"input": "hi"}).encode(),
+                                     headers={"Content-Type": "application/json", **AUTH})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                codes.append(r.status)
+        except urllib.error.HTTPError as e:
+            codes.append(e.code)
+            headers, body = e.headers, json.loads(e.read())
+    assert codes == [200, 200, 200, 429]
+    assert 1 <= int(headers["Retry-After"]) <= 10
+    assert body["error"]["type"] == "rate_limit_exceeded" and "6 requests per minute" in \
+        body["error"]["message"]
+    # another key has its own bucket
+    assert post(url, {"input": "hi"}, {"Authorization": f"Bearer {KEY3}"})[0] == 200
+
+
+def test_tokenising_a_huge_request_does_not_block_a_small_one(server):
+    """2,048 texts x 8,192 tokens are tokenised off the event loop: small requests sent
+    meanwhile are answered in their usual time, measured here."""
+    url = server["big"]
+    big = {"input": ["," * (BIG_TOKENS - 2)] * BIG_TEXTS, "truncate": True}   # "," = 1 token
+    small = {"input": ["A plane is taking off."]}
+    alone = []
+    for _ in range(5):
+        t = time.perf_counter()
+        assert post(url + "/v1/embeddings", small, AUTH)[0] == 200
+        alone.append(time.perf_counter() - t)
+    result: dict = {}
+
+    def send_big():
+        t = time.perf_counter()
+        result["reply"] = post(url + "/v1/embeddings", big, AUTH)
+        result["seconds"] = time.perf_counter() - t
+
+    thread = threading.Thread(target=send_big)
+    thread.start()
+    time.sleep(1.0)   # the body (17 MB) is through the proxy; tokenisation has started
+    during = []   # every small request sent while the big one is in flight
+    while thread.is_alive():
+        t = time.perf_counter()
+        code, _ = post(url + "/v1/embeddings", small, AUTH)
+        during.append(time.perf_counter() - t)
+        assert code == 200
+        time.sleep(0.1)
+    thread.join()
+    code, out = result["reply"]
+    # the big request was tokenised to its last text: the budget is one token short of it
+    assert code == 413 and f"131072 counted up to input[{BIG_TEXTS - 1}]" in out["error"]["message"]
+    print(f"big request {result['seconds']:.1f} s; small alone median "
+          f"{statistics.median(alone) * 1000:.0f} ms; during: {len(during)} requests, median "
+          f"{statistics.median(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms")
+    # on the event loop, the first small request would wait for the whole tokenisation
+    assert max(during) < min(2.0, result["seconds"] / 3)
+    assert len(during) >= 3, "the big request was too quick to measure anything"
+    assert statistics.median(during) < 0.5

@@ -145,24 +145,36 @@ def test_two_stages_export_loads_everywhere_and_rerun_skips(tmp_path, data):
     again = run_train(cfg, log=logs.append)
     assert sum("skipped" in x for x in logs) == 2 and again["model"] == out
 
-    if importlib.util.find_spec("mlflow") is None:
-        return
-    # one MLflow run per stage in the run folder's store (none for the skipped re-run): rank 0
-    # logged every step, the driver the config and the files
-    from mlflow.tracking import MlflowClient
+    if importlib.util.find_spec("mlflow") is not None:
+        # one MLflow run per stage in the run folder's store (none for the skipped re-run): rank 0
+        # logged every step, the driver the config and the files
+        from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"file://{tmp_path / 'run' / 'mlruns'}")
-    runs = {r.info.run_name: r for r in client.search_runs(
-        [client.get_experiment_by_name("embedforge").experiment_id])}
-    assert set(runs) == {"train-stage1", "train-stage2"}
-    r2 = runs["train-stage2"]
-    assert r2.info.status == "FINISHED" and r2.data.params["stage2.steps"] == "4"
-    logged = client.get_metric_history(r2.info.run_id, "loss")
-    assert [(m.step, round(m.value, 6)) for m in logged] == [(h["step"], h["loss"]) for h in hist]
-    assert {"lr", "examples_per_s", "tokens_per_s"} <= set(r2.data.metrics)
-    assert any(k.startswith("epochs/") for k in r2.data.metrics)
-    assert {a.path for a in client.list_artifacts(r2.info.run_id)} == {
-        "config.json", "metrics.jsonl", "loss.png", "summary.json"}
+        client = MlflowClient(f"file://{tmp_path / 'run' / 'mlruns'}")
+        runs = {r.info.run_name: r for r in client.search_runs(
+            [client.get_experiment_by_name("embedforge").experiment_id])}
+        assert set(runs) == {"train-stage1", "train-stage2"}
+        r2 = runs["train-stage2"]
+        assert r2.info.status == "FINISHED" and r2.data.params["stage2.steps"] == "4"
+        logged = client.get_metric_history(r2.info.run_id, "loss")
+        assert [(m.step, round(m.value, 6)) for m in logged] == [(h["step"], h["loss"]) for h in hist]
+        assert {"lr", "examples_per_s", "tokens_per_s"} <= set(r2.data.metrics)
+        assert any(k.startswith("epochs/") for k in r2.data.metrics)
+        assert {a.path for a in client.list_artifacts(r2.info.run_id)} == {
+            "config.json", "metrics.jsonl", "loss.png", "summary.json"}
+
+    # a changed stage-2 recipe: stage 1 is kept, stage 2 trains again from it (not skipped to
+    # the old model, not resumed from old-config checkpoints)
+    stage1_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "stage1").rglob("*")}
+    logs = []
+    lr = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"lr": cfg.stage2.lr * 2})})
+    rerun = run_train(lr, log=logs.append)
+    assert any("stage 1: finished earlier" in x for x in logs)
+    assert any("stage 2:" in x and "changed: stage2" in x for x in logs), logs
+    assert rerun["stages"][1]["final"]["step"] == 4
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "stage1").rglob("*")} == stage1_files
+    assert not np.allclose(Encoder(EncoderSettings(model=rerun["model"])).encode(texts, prompt), ours)
+
 
 
 def test_worker_killed_mid_run_resumes_to_the_same_loss(tmp_path, data):
@@ -222,7 +234,8 @@ def test_gradcache_under_zero3_equals_full_batch_and_partitions_state(tmp_path, 
     probe = tmp_path / "probe"
     probe.mkdir()
     run_train(cfg, fault={"probe_dir": str(probe)})
-    r0, r1 = torch.load(probe / "rank0.pt"), torch.load(probe / "rank1.pt")
+    r0 = torch.load(probe / "rank0.pt", weights_only=True)
+    r1 = torch.load(probe / "rank1.pt", weights_only=True)
     total = r0["param_elems_total"]
     assert r0["param_elems_local"] + r1["param_elems_local"] == pytest.approx(total, rel=0.01)
     assert r0["param_elems_local"] / total == pytest.approx(0.5, abs=0.02)

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from ..config import ConfigError, JobConfig, named_option
 from ..model.encoder import EncoderSettings
+from ..safety import FORCE_HELP
 from ..tracking import TrackingSettings
 from .spec import TaskSpec, parse_option_value, parse_task_arg
 
@@ -33,6 +34,7 @@ class EvalConfig(JobConfig):
     benchmarks: list[str] = Field(default_factory=list, description="mteb benchmarks (hub)")
     mteb_tasks: list[str] = Field(default_factory=list, description="mteb tasks by name (hub)")
     output: str = Field(description="output folder (local path or fsspec URI)")
+    force: bool = Field(False, description=FORCE_HELP)
     instructions: bool = Field(
         True, description="format inputs with task instructions (--no-instructions for models "
                           "trained without them)")

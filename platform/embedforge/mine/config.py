@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ..config import JobConfig
 from ..model.encoder import EncoderSettings
+from ..safety import FORCE_HELP
 from .select import SelectionSettings
 
 
@@ -21,6 +22,7 @@ class MineConfig(JobConfig):
 
     input: str = Field(description="folder with unified samples (samples/*.parquet)")
     output: str = Field(description="output folder")
+    force: bool = Field(False, description=FORCE_HELP)
     corpus: str | None = Field(
         None, description="BEIR folder, samples folder, or .jsonl/.parquet with `text` "
                           "(default: the positives and negatives of --input)")

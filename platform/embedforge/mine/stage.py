@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 from .. import io as eio
 from .. import metrics
 from ..cluster import connect
+from ..config import ConfigError
 from ..data.retrieval import beir_doc_text
 from ..instructions import format_instruction
 from ..model.encoder import fingerprint as encoder_fingerprint
+from ..safety import check_no_overlap, claim_output
 from ..schema import ARROW_SCHEMA, rows_to_table
 from . import index as findex
 from .config import MineConfig
@@ -77,12 +79,14 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
     import ray
 
     t0 = time.time()
+    if not eio.sample_files(cfg.input):
+        raise ConfigError(f"no unified samples (samples/*.parquet) under --input {cfg.input}")
+    check_no_overlap(cfg.output, [("--input", cfg.input), ("--corpus", cfg.corpus)])
+    claim_output(cfg.output, "mine", cfg.force)
     samples = eio.read_samples(cfg.input).to_pylist()
     retrieval = [s for s in samples if s["kind"] == "retrieval"]
     corpus = load_corpus(cfg, samples)
     if not corpus:
-        from ..config import ConfigError
-
         raise ConfigError("empty corpus: pass --corpus or give --input retrieval samples")
     root = cfg.cache or eio.join(cfg.output, "_embeddings")
     fp = encoder_fingerprint(cfg.encoder)

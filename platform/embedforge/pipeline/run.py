@@ -12,6 +12,7 @@ from typing import Any
 from .. import io as eio
 from .. import tracking
 from ..cluster import connect
+from ..safety import remove_owned
 from . import stages as st
 from .config import STAGES, PipelineConfig
 from .state import Manifest, is_complete, mark_complete, marker_path, read_marker, stage_key
@@ -30,30 +31,38 @@ class StageDef:
     done_file: Callable[[st.Folders], str | None]    # exists once the stage's output is whole
     build: Build                                     # the stage's resolved config
     run: Run                                         # runs it; returns the manifest summary
+    # (folder, stage) whose ownership marker allows clearing ``outputs``
+    owner: Callable[[st.Folders], tuple[str, str]] | None = None
 
 
 DEFS: dict[str, StageDef] = {
     "prepare": StageDef(
         (), lambda f: [f.prepared], lambda f: eio.join(f.prepared, "summary.json"),
-        st.build_prepare, lambda b, c, f, log: st.run_prepare_stage(b, f, log)),
+        st.build_prepare, lambda b, c, f, log: st.run_prepare_stage(b, f, log),
+        lambda f: (f.prepared, "prepare")),
     "synthesize": StageDef(
         ("prepare",), lambda f: [f.synth], lambda f: eio.join(f.synth, "summary.json"),
-        st.build_synthesize, lambda b, c, f, log: st.run_synthesize_stage(b, f, log)),
+        st.build_synthesize, lambda b, c, f, log: st.run_synthesize_stage(b, f, log),
+        lambda f: (f.synth, "synthesize")),
     "mine": StageDef(
         ("prepare", "synthesize"), lambda f: [f.mined], lambda f: eio.join(f.mined, "summary.json"),
-        st.build_mine, lambda b, c, f, log: st.run_mine_stage(b, f, log)),
+        st.build_mine, lambda b, c, f, log: st.run_mine_stage(b, f, log),
+        lambda f: (f.mined, "mine")),
     "train1": StageDef(
         ("mine",), lambda f: [eio.join(f.train, "stage1")],
         lambda f: eio.join(f.train, "stage1", "model", "modules.json"),
-        lambda c, f: st.build_train(c, f, 1), lambda b, c, f, log: st.run_train_stage(b, f, log)),
+        lambda c, f: st.build_train(c, f, 1), lambda b, c, f, log: st.run_train_stage(b, f, log),
+        lambda f: (f.train, "train")),
     "train2": StageDef(
         ("train1", "mine", "synthesize", "prepare"), lambda f: [eio.join(f.train, "stage2")],
         lambda f: eio.join(f.train, "stage2", "model", "modules.json"),
-        lambda c, f: st.build_train(c, f, 2), lambda b, c, f, log: st.run_train_stage(b, f, log)),
+        lambda c, f: st.build_train(c, f, 2), lambda b, c, f, log: st.run_train_stage(b, f, log),
+        lambda f: (f.train, "train")),
     "evaluate": StageDef(
         ("train1", "train2"), lambda f: [f.eval], lambda f: eio.join(f.eval, "scores.json"),
         st.build_evaluate,
-        lambda b, c, f, log: st.run_evaluate_stage(b, f, log, c.evaluate.on_regression)),
+        lambda b, c, f, log: st.run_evaluate_stage(b, f, log, c.evaluate.on_regression),
+        lambda f: (f.eval, "evaluate")),
     "serve": StageDef(("train1", "train2"), lambda f: [], lambda f: None, st.build_serve,
                       st.run_serve_stage),
 }
@@ -106,9 +115,12 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                     continue
                 if eio.exists(marker_path(cfg.output, name)) or name in cfg.force:
                     # changed config/inputs or forced: start clean (an interrupted run without
-                    # a marker keeps its folder, so training resumes from its checkpoint)
-                    for out in d.outputs(f):
-                        eio.remove(out)
+                    # a marker keeps its folder, so training resumes from its checkpoint).
+                    # Only what the stage itself wrote: its folder's ownership marker says so.
+                    if d.owner is not None:
+                        root, owner = d.owner(f)
+                        for out in d.outputs(f):
+                            remove_owned(out, root, owner)
                     eio.remove(marker_path(cfg.output, name))
                 t0 = time.time()
                 manifest.record(name, {**entry, "status": "running"})

@@ -9,6 +9,8 @@ Stage functions call the same library entry points as the single-stage jobs
 from __future__ import annotations
 
 import copy
+import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +81,11 @@ class Folders:
     def cache(self) -> str:
         return eio.join(self.root, "cache")
 
+    @property
+    def api_key(self) -> str:
+        """The run's own endpoint key (absolute: replicas do not share the driver's cwd)."""
+        return os.path.abspath(eio.join(self.root, "serve-api-key"))
+
 
 def data_folder(cfg: PipelineConfig, f: Folders) -> str:
     """What mining and stage 2 read: the synthesized folder (originals + generated rows) when
@@ -144,7 +151,11 @@ def run_prepare_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
 def build_synthesize(cfg: PipelineConfig, f: Folders) -> Any:
     from ..synth.config import SynthConfig
 
-    return compose(SynthConfig, cfg.synthesize,
+    section = dict(cfg.synthesize)
+    # paid LLM responses live outside synth/, which a config change clears (as mining's
+    # embeddings do): a re-run pays only for prompts never sent
+    section.setdefault("cache", eio.join(f.cache, "llm"))
+    return compose(SynthConfig, section,
                    {"input": f.prepared, "output": f.synth, **ray_fields(cfg)}, "synthesize")
 
 
@@ -296,9 +307,23 @@ def build_serve(cfg: PipelineConfig, f: Folders) -> Any:
     from ..serve.config import ServeConfig
 
     model = _planned_model(cfg, f)
-    wired = {"encoder": {"model": model}, "port": cfg.serve.port or free_port(),
-             "model_name": cfg.serve.extra.get("model_name") or "embedforge-demo"}
-    return compose(ServeConfig, cfg.serve.extra, wired, "serve")
+    wired: dict[str, Any] = {"encoder": {"model": model}, "port": cfg.serve.port or free_port(),
+                             "model_name": cfg.serve.extra.get("model_name") or "embedforge-demo"}
+    scfg = compose(ServeConfig, cfg.serve.extra, wired, "serve")
+    if not (scfg.api_key_file or scfg.allow_unauthenticated or os.environ.get(scfg.api_key_env)):
+        # the endpoint refuses to run without keys: the run gets its own (run_serve_stage)
+        scfg = scfg.model_copy(update={"api_key_file": f.api_key})
+    return scfg
+
+
+def ensure_api_key(path: str) -> None:
+    """A random API key in ``path`` (owner read/write only), unless the file exists."""
+    if os.path.exists(path):
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"sk-ef-{secrets.token_urlsafe(24)}\n")
 
 
 def demo_documents(cfg: PipelineConfig, f: Folders, limit: int = 500) -> list[str]:
@@ -315,11 +340,16 @@ def run_serve_stage(scfg: Any, cfg: PipelineConfig, f: Folders, log: Log) -> dic
     import numpy as np
     from openai import OpenAI
 
+    from ..serve.http import required_keys
     from ..serve.run import deploy
 
+    if scfg.api_key_file == f.api_key:
+        ensure_api_key(f.api_key)
+        log(f"[serve] API key (Authorization: Bearer <key>) in {f.api_key}")
+    keys = required_keys(scfg)
     url = deploy(scfg)
     log(f"[serve] {scfg.encoder.model} at {url}/v1/embeddings (OpenAI) and {url}/embed (TEI)")
-    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    client = OpenAI(base_url=url + "/v1", api_key=keys[0] if keys else "unused")
     docs = demo_documents(cfg, f)
     queries = cfg.serve.queries
     shown: dict[str, list[dict[str, Any]]] = {}

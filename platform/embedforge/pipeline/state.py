@@ -21,7 +21,7 @@ from typing import Any
 from .. import io as eio
 
 # fields that decide where a stage runs, not what it produces
-VOLATILE = frozenset({"ray_address", "num_cpus", "num_cpus_cluster"})
+VOLATILE = frozenset({"ray_address", "num_cpus", "num_cpus_cluster", "force"})
 PACKAGES = ("embedforge", "ray", "torch", "transformers", "sentence-transformers", "deepspeed",
             "peft", "mteb", "faiss-cpu", "faiss-gpu-cu12", "openai", "pydantic", "pyarrow")
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from ..config import ConfigError, JobConfig, _parse_scalar, named_option
 from ..data.spec import SourceSpec, parse_source_arg
+from ..safety import FORCE_HELP
 
 
 class PrepareConfig(JobConfig):
@@ -32,6 +33,7 @@ class PrepareConfig(JobConfig):
     flush_rows: int = Field(100_000, ge=1, description="rows per Parquet part within one piece")
     num_cpus_per_task: float = Field(0.5, gt=0, description="Ray CPUs per read/transform task")
     resume: bool = Field(True, description="skip pieces already finished by an earlier run")
+    force: bool = Field(False, description=FORCE_HELP)
     ray_address: str | None = Field(
         None, description="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)"
     )

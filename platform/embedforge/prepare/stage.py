@@ -9,8 +9,9 @@ from typing import Any
 
 from .. import io as eio
 from ..cluster import connect
+from ..safety import check_no_overlap, claim_output
 from .config import PrepareConfig
-from .units import REJECTED_DIR, SAMPLES_DIR, UNITS_DIR, plan_source, process_unit
+from .units import REJECTED_DIR, SAMPLES_DIR, UNITS_DIR, plan_source, process_unit, unit_dataset
 
 
 def _process_row(row: dict[str, Any], out_dir: str, flush_rows: int) -> dict[str, Any]:
@@ -25,12 +26,19 @@ def _finished(out_dir: str) -> dict[str, dict[str, Any]]:
             stats = eio.read_json(path)
         except (OSError, ValueError):
             continue
+        if stats.get("fatal"):  # an unreadable unit (older runs wrote a marker): try again
+            continue
         done[stats["unit_id"]] = stats
     return done
 
 
-def _remove_stale(out_dir: str, keep: set[str]) -> int:
-    """Drop outputs of units that are no longer in the plan (inputs or config changed)."""
+def _remove_stale(out_dir: str, keep: set[str], unusable: set[str] = frozenset()) -> int:
+    """Drop outputs of units that are no longer in the plan (inputs or config changed).
+
+    Units of sources that are ``unusable`` this time (a missing mount, an unreachable store)
+    keep their earlier output: the source is not known to have changed, only to be out of
+    reach. Only called on a folder the prepare stage owns (``claim_output``).
+    """
     import fsspec
 
     removed = 0
@@ -40,7 +48,7 @@ def _remove_stale(out_dir: str, keep: set[str]) -> int:
             uid = name.removeprefix("part-").removesuffix(suffix)
             if sub == SAMPLES_DIR:
                 uid = uid.rsplit("-", 1)[0]
-            if uid not in keep:
+            if uid not in keep and unit_dataset(uid) not in unusable:
                 fs, p = fsspec.core.url_to_fs(path)
                 fs.rm(p)
                 removed += 1
@@ -150,7 +158,8 @@ def run_prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
         from ..config import ConfigError
 
         raise ConfigError("no sources: add --source NAME=FORMAT:PATH (or `sources:` in --config)")
-    eio.makedirs(cfg.output)
+    check_no_overlap(cfg.output, [(f"--source {s.name}", s.path) for s in cfg.sources])
+    claim_output(cfg.output, "prepare", cfg.force)
     chunk = int(cfg.chunk_mb * 1024 * 1024)
     tasks: list[dict[str, Any]] = []
     plan_errors: dict[str, str] = {}
@@ -164,11 +173,17 @@ def run_prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
         log(f"[prepare] source {spec.name!r} ({spec.format}): {len(units)} unit(s)")
         tasks.extend(units)
 
-    done = _finished(cfg.output) if cfg.resume else {}
+    finished = _finished(cfg.output)
+    done = finished if cfg.resume else {}
     keep = {t["unit_id"] for t in tasks}
-    stale = _remove_stale(cfg.output, keep)
+    stale = _remove_stale(cfg.output, keep, set(plan_errors))
     if stale:
         log(f"[prepare] removed {stale} output file(s) of units no longer in the plan")
+    # earlier output of a source that cannot be read now stays, and counts
+    kept = [u for uid, u in finished.items() if unit_dataset(uid) in plan_errors]
+    for name in sorted({u["dataset"] for u in kept}):
+        n = sum(u["samples"] for u in kept if u["dataset"] == name)
+        log(f"[prepare] source {name!r} unusable now: kept its {n} sample(s) of an earlier run")
     todo = [t for t in tasks if t["unit_id"] not in done]
     reused = [done[t["unit_id"]] for t in tasks if t["unit_id"] in done]
     log(f"[prepare] {len(tasks)} unit(s): {len(reused)} already done, {len(todo)} to run")
@@ -188,9 +203,13 @@ def run_prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
                     f"{unit['samples']} samples, {sum(unit['rejected'].values())} rejected)")
         cluster_address = info["address"]
 
-    all_stats = reused + new_stats
-    cross = drop_cross_unit_duplicates(cfg.output, [t["unit_id"] for t in tasks])
+    all_stats = reused + new_stats + kept
+    order = [t["unit_id"] for t in tasks] + [u["unit_id"] for u in kept]
+    cross = drop_cross_unit_duplicates(cfg.output, order)
     stats = aggregate(all_stats, plan_errors, [s.name for s in cfg.sources], cross)
+    stats["kept_from_earlier_run"] = {
+        name: sum(u["samples"] for u in kept if u["dataset"] == name)
+        for name in sorted({u["dataset"] for u in kept})}
     stats.update({
         "output": cfg.output,
         "units": len(tasks),
@@ -213,8 +232,10 @@ def format_report(stats: dict[str, Any]) -> str:
         lines.append(f"{name:<20} {d['rows_in']:>9} {d['samples']:>9} {rej:>9}  {kinds}")
     lines.append(f"total samples: {stats['total_samples']}  rejected by reason: "
                  f"{stats['rejected_by_reason'] or 'none'}")
+    kept = stats.get("kept_from_earlier_run") or {}
     for name, why in stats["unusable_sources"].items():
-        lines.append(f"UNUSABLE source {name!r}: {why}")
+        note = f" (kept its {kept[name]} samples of an earlier run)" if name in kept else ""
+        lines.append(f"UNUSABLE source {name!r}: {why}{note}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,10 @@
 """Plan a source into units of work and turn one unit into unified samples (no Ray here).
 
 A unit writes its own Parquet part(s), rejected rows and a small ``_units/<id>.json`` marker
-last, so a killed job keeps every finished unit and a re-run skips them (``resume``).
+last, so a killed job keeps every finished unit and a re-run skips them (``resume``). A unit
+whose file could not be read writes no marker (it is tried again next time) and never
+overwrites earlier parts. Unit ids include the file's size and mtime (or ETag), so an edited
+file is read again.
 """
 
 from __future__ import annotations
@@ -29,10 +32,19 @@ UNITS_DIR = "_units"
 MAX_RAW_CHARS = 500
 
 
-def _unit_id(spec: SourceSpec, unit: eio.FileUnit, instruction: str) -> str:
-    fp = json.dumps([spec.model_dump(mode="json"), asdict(unit), instruction, __version__],
-                    sort_keys=True, ensure_ascii=False)
+def _unit_id(spec: SourceSpec, unit: eio.FileUnit, instruction: str,
+             version: Any = None) -> str:
+    """Stable id of a unit's output: source options, byte range, instruction, embedforge
+    version, and the version of the file content (size + mtime, or the object store's ETag),
+    so an edited source gets new ids and is read again instead of being resumed."""
+    fp = json.dumps([spec.model_dump(mode="json"), asdict(unit), instruction, __version__,
+                     version], sort_keys=True, ensure_ascii=False, default=str)
     return f"{spec.name}-{hashlib.sha1(fp.encode()).hexdigest()[:16]}"
+
+
+def unit_dataset(unit_id: str) -> str:
+    """The source name a unit id starts with (``NAME-<16 hex>``)."""
+    return unit_id[:-17]
 
 
 def resolve_labels(spec: SourceSpec) -> SourceSpec:
@@ -53,12 +65,18 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
     spec = resolve_labels(spec)
     instruction = resolve_instruction(spec.name, spec.format, spec.instruction, overrides)
     if spec.format == "beir":
-        unit = eio.FileUnit(path=spec.path, extras={"split": _beir_split(spec)})
-        return [_unit_dict(spec, unit, instruction, has_header=True, kind="beir")]
+        split = _beir_split(spec)
+        unit = eio.FileUnit(path=spec.path, extras={"split": split})
+        return [_unit_dict(spec, unit, instruction, has_header=True, kind="beir",
+                           version=_beir_version(spec.path, split))]
     fmt = get_format(spec.format)
     units: list[dict[str, Any]] = []
     for path in eio.expand_paths(spec.path):
         ext = eio.base_ext(path)
+        try:
+            version = eio.file_version(path)
+        except OSError as exc:
+            raise eio.SourceError(f"{path}: unreadable file: {exc}") from exc
         has_header = False
         header: list[str] | None = None
         delim: str | None = None
@@ -87,14 +105,15 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
             pieces = eio.plan_file_units(path, chunk_bytes, header, force=line_based)
         for u in pieces:
             u.extras = {"delimiter": delim, "line_based": line_based}
-        units.extend(_unit_dict(spec, u, instruction, has_header=has_header) for u in pieces)
+        units.extend(_unit_dict(spec, u, instruction, has_header=has_header, version=version)
+                     for u in pieces)
     return units
 
 
 def _unit_dict(spec: SourceSpec, unit: eio.FileUnit, instruction: str, *, has_header: bool,
-               kind: str = "file") -> dict[str, Any]:
+               kind: str = "file", version: Any = None) -> dict[str, Any]:
     return {
-        "unit_id": _unit_id(spec, unit, instruction),
+        "unit_id": _unit_id(spec, unit, instruction, version),
         "kind": kind,
         "spec": spec.model_dump(mode="json"),
         "unit": asdict(unit),
@@ -118,6 +137,17 @@ def _beir_split(spec: SourceSpec) -> str:
         return available[0]
     raise eio.SourceError(f"{spec.path}: choose a qrels split with {spec.name}=beir:PATH:SPLIT "
                           f"(available: {', '.join(available) or 'none'})")
+
+
+def _beir_version(folder: str, split: str) -> list[Any]:
+    """Versions of the files a BEIR unit reads (corpus, queries, the split's qrels)."""
+    files = [eio.join(folder, "qrels", f"{split}.tsv")]
+    for name in ("corpus", "queries"):
+        files += eio.expand_paths(eio.join(folder, f"{name}.jsonl*"))
+    try:
+        return [[posixpath.basename(f), eio.file_version(f)] for f in files]
+    except OSError as exc:
+        raise eio.SourceError(f"{folder}: unreadable BEIR file: {exc}") from exc
 
 
 class _Writer:
@@ -217,7 +247,10 @@ def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) 
         reasons["unreadable_file"] += 1
         rejected.append({"dataset": spec.name, "file": unit.path, "line": 0,
                          "reason": "unreadable_file", "message": fatal, "raw": ""})
-    writer.flush(final=True)
+    if fatal is None:
+        # a unit that could not be read leaves earlier parts of the same content alone (no
+        # empty part over them) and gets no marker, so the next run tries it again
+        writer.flush(final=True)
     if rejected:
         eio.write_jsonl_atomic(rejected, eio.join(out_dir, REJECTED_DIR, f"{uid}.jsonl"))
     stats = {
@@ -240,7 +273,8 @@ def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) 
             stats["node_id"] = ray.get_runtime_context().get_node_id()
     except ImportError:  # pragma: no cover - ray is a hard dependency
         pass
-    eio.write_json(stats, eio.join(out_dir, UNITS_DIR, f"{uid}.json"))
+    if fatal is None:
+        eio.write_json(stats, eio.join(out_dir, UNITS_DIR, f"{uid}.json"))
     return stats
 
 

@@ -26,7 +26,7 @@ from ray import serve
 from .. import metrics
 from .config import ServeConfig
 from .engine import EmbeddingEngine, Item
-from .http import build_api
+from .http import build_api, required_keys
 
 
 def chunk_items(items: list[Item], max_tokens: int) -> list[list[Item]]:
@@ -56,6 +56,9 @@ class EmbeddingServer:
         import torch
 
         self.cfg = ServeConfig.model_validate(config)
+        # before the model loads: without keys (and not allowed to go without) the replica
+        # refuses to start, and deploy() reports the reason
+        self.keys = required_keys(self.cfg)
         # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this replica reserved
         torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
         self.engine = EmbeddingEngine(self.cfg.encoder, self.cfg.batch)
@@ -68,7 +71,7 @@ class EmbeddingServer:
             else in_thread
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.engine, self.embed, self.cfg, record_metrics=True)
+        return build_api(self.engine, self.embed, self.cfg, record_metrics=True, keys=self.keys)
 
     async def embed(self, items: list[Item]) -> np.ndarray:
         now = time.perf_counter()

@@ -22,6 +22,15 @@ class BatchSettings(ConfigSection):
         None, description="run forward passes in a worker thread (none: on GPU yes, on CPU no)")
 
 
+class RateLimitSettings(ConfigSection):
+    """Requests per API key (token bucket), counted in each replica: with N replicas a key
+    may get up to N times this. Unauthenticated servers count per client address."""
+
+    requests_per_minute: float | None = Field(
+        1200, gt=0, description="sustained requests per minute per key and replica (none: no limit)")
+    burst: int = Field(120, ge=1, description="requests a key may send at once before the rate applies")
+
+
 class AutoscalingSettings(ConfigSection):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
@@ -54,11 +63,20 @@ class ServeConfig(JobConfig):
     max_ongoing_requests: int = Field(256, ge=1, description="per replica, before Serve queues")
     batch: BatchSettings = Field(default_factory=BatchSettings)
     max_inputs: int = Field(2048, ge=1, description="texts per request (OpenAI: 2048)")
+    max_request_tokens: int = Field(
+        131072, ge=1, description="tokens per request after truncation, all inputs together "
+                                  "(413 above it): what one request may cost the model")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit")
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="a request still unanswered after this gets 504")
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     api_key_env: str = Field(
-        "EMBEDFORGE_API_KEYS", description="env var with comma-separated API keys (unset: no auth)")
+        "EMBEDFORGE_API_KEYS", description="env var with comma-separated API keys")
     api_key_file: str | None = Field(
         None, description="file with one API key per line (a mounted secret); adds to the env keys")
+    allow_unauthenticated: bool = Field(
+        False, description="serve without API keys: anyone who reaches the port may use the "
+                           "model (without keys and without this flag the endpoint refuses to start)")
     detach: bool = Field(
         False, description="jobs/serve.py: return once deployed (needs a running cluster to join)")
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")

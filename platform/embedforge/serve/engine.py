@@ -77,20 +77,36 @@ class EmbeddingEngine:
         return self.prompts[name]
 
     def tokenize(self, texts: list[str], prompt: str = "", truncate: bool = False,
-                 param: str = "input", left: bool = False) -> list[Item]:
-        """Items for ``prompt + text``; too long without ``truncate`` -> 413 naming the text."""
-        ids = self.tokenizer([prompt + t for t in texts], truncation=False,
-                             verbose=False)["input_ids"]
+                 param: str = "input", left: bool = False, budget: int | None = None,
+                 slice_size: int = 64) -> list[Item]:
+        """Items for ``prompt + text``; too long without ``truncate`` -> 413 naming the text.
+
+        ``budget``: tokens the whole request may hold after truncation; more is a 413 as soon
+        as the running count passes it. Texts are tokenised ``slice_size`` at a time, so a
+        request of 2,048 texts x 8,192 tokens never holds all its untruncated ids at once,
+        and one over budget stops being tokenised where it crosses the limit.
+        """
         plen = prompt_length(self.tokenizer, prompt)
-        items = []
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_length:
-                if not truncate:
-                    raise InputError(413, f"{param}[{i}]: {len(seq)} tokens, more than the model's "
-                                          f"limit of {self.max_length} (send truncate: true to cut "
-                                          "it)", param=f"{param}[{i}]")
-                seq = self._cut(seq, plen, left)
-            items.append(Item(seq, plen))
+        items: list[Item] = []
+        total = 0
+        for start in range(0, len(texts), slice_size):
+            ids = self.tokenizer([prompt + t for t in texts[start:start + slice_size]],
+                                 truncation=False, verbose=False, return_attention_mask=False,
+                                 return_token_type_ids=False)["input_ids"]
+            for i, seq in enumerate(ids, start=start):
+                if len(seq) > self.max_length:
+                    if not truncate:
+                        raise InputError(413, f"{param}[{i}]: {len(seq)} tokens, more than the "
+                                              f"model's limit of {self.max_length} (send "
+                                              "truncate: true to cut it)", param=f"{param}[{i}]")
+                    seq = self._cut(seq, plen, left)
+                total += len(seq)
+                if budget is not None and total > budget:
+                    raise InputError(413, f"{param}: more than {budget} tokens in one request "
+                                          f"({total} counted up to {param}[{i}] of {len(texts)}, "
+                                          "after truncation); send fewer or shorter texts per "
+                                          "request", param=param)
+                items.append(Item(seq, plen))
         return items
 
     def _cut(self, seq: list[int], plen: int, left: bool) -> list[int]:

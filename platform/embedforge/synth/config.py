@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ..config import ConfigSection, JobConfig
 from ..llm.config import LLMSettings
+from ..safety import FORCE_HELP
 from .techniques import TechniqueSettings
 
 
@@ -74,6 +75,7 @@ class SynthConfig(JobConfig):
     limit_per_dataset: int | None = Field(
         None, ge=1, description="synthesise from at most N selected samples of each dataset")
     keep_originals: bool = Field(True, description="write the input rows too (one folder for the next stage)")
+    force: bool = Field(False, description=FORCE_HELP)
     cache: str | None = Field(None, description="response cache folder/URI (default OUTPUT/_cache)")
     num_actors: int = Field(2, ge=1, description="Ray Data actors making requests")
     batch_size: int = Field(16, ge=1, description="samples per actor batch")

@@ -25,6 +25,7 @@ from ..config import JobFailed
 from ..llm.cache import ResponseCache
 from ..llm.coordinator import Coordinator, PartitionedLimiter, RemoteLimiter, can_partition
 from ..llm.gateway import Gateway, estimate_cost
+from ..safety import check_no_overlap, claim_output
 from ..schema import ARROW_SCHEMA, rows_to_table
 from . import rules
 from .config import SynthConfig
@@ -257,9 +258,11 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
         from ..config import ConfigError
 
         raise ConfigError(f"no unified samples (samples/*.parquet) under --input {cfg.input}")
+    # the folders cleared below must be this stage's own, and never the input's
+    check_no_overlap(cfg.output, [("--input", cfg.input)])
+    claim_output(cfg.output, "synthesize", cfg.force)
     for sub in (RAW_DIR, ERRORS_DIR, SAMPLES_DIR):
         eio.remove(eio.join(cfg.output, sub))
-    eio.makedirs(cfg.output)
     if not cfg.llm.base_url:
         # the embedded engines both take the schema as {"type": "json_object", "schema": ...}
         cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import ConfigSection, JobConfig
 from ..model.encoder import Pooling, resolve_model_ref
+from ..safety import FORCE_HELP
 from ..tracking import TrackingSettings
 
 
@@ -88,8 +89,10 @@ class TrainConfig(JobConfig):
     command and retries failed workers from the last checkpoint.
     """
 
-    output: str = Field(description="run folder: stage1/, stage2/, model/ (final export)")
+    output: str = Field(description="run folder: stage1/ and stage2/, each with model/ (its "
+                                    "export); the last stage's model/ is the final model")
     run: Literal["1", "2", "both"] = Field("both", description="which stage(s) to run")
+    force: bool = Field(False, description=FORCE_HELP)
     model: ModelSettings
     stage1: StageSettings = Field(default_factory=lambda: StageSettings(steps=32_000, lr=3e-5))
     stage2: StageSettings = Field(default_factory=lambda: StageSettings(steps=8_000, lr=2e-5,

@@ -32,7 +32,9 @@ def consolidated_state_dict(ckpt_dir: str, zero_stage: int, tag: str = "ckpt") -
 
     if zero_stage == 0:
         (path,) = glob.glob(os.path.join(ckpt_dir, tag, "mp_rank_00_model_states.pt"))
-        return torch.load(path, map_location="cpu", weights_only=False)["module"]
+        # weights_only: the checkpoint sits on a shared, writable volume; an unpickler that
+        # may run code would turn write access to it into code execution on this node
+        return torch.load(path, map_location="cpu", weights_only=True)["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)

@@ -187,7 +187,7 @@ def _probe(engine: Any, out: str, rank: int, before_step: bool) -> None:
     state = engine.optimizer.optimizer.state if hasattr(engine.optimizer, "optimizer") else engine.optimizer.state
     opt_bytes = sum(v.numel() * v.element_size() for st in state.values() for v in st.values()
                     if torch.is_tensor(v) and v.dim() > 0)
-    data = torch.load(path)
+    data = torch.load(path, weights_only=True)
     data["optimizer_state_bytes"] = int(opt_bytes)
     torch.save(data, path)
 

@@ -4,10 +4,17 @@ Stage folders are the unit of resumption: ``stageN/model/`` (an export) marks a 
 stage and is skipped; an unfinished stage re-run with the same command resumes from its last
 checkpoint (Ray Train's run ``name`` + ``storage_path``), and worker failures inside a run are
 retried from the last checkpoint by ``FailureConfig``.
+
+Both only hold while the stage would produce the same model: ``stageN/config.json`` records
+what the stage depends on (its resolved config, the model it starts from, its input files'
+sizes and mtimes) when it starts. When that differs from what the command resolves to now,
+the stage folder is cleared and the stage runs again, instead of skipping to an old model or
+resuming old-config checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -19,10 +26,17 @@ from .. import io as eio
 from .. import tracking
 from ..cluster import connect
 from ..config import ConfigError
+from ..safety import check_no_overlap, claim_output
 from ..schema import KINDS
 from .config import TrainConfig
 from .data import TrainData, materialize, sample_files
 from .sampler import BatchDecision, plan_batch_sizes
+
+# Fields that decide where and how a stage runs, not which model it produces.
+RUNTIME_FIELDS = frozenset({"output", "run", "force", "ray_address", "num_cpus", "log_every",
+                            "max_failures", "keep_checkpoints", "checkpoint_every",
+                            "cpus_per_worker", "threads_per_worker"})
+RECORD = "config.json"
 
 
 def _abs(path: str) -> str:
@@ -51,6 +65,65 @@ def decide_batches(cfg: TrainConfig, data_dir: str, manifest: list[dict[str, Any
                             world=cfg.num_workers, min_fraction=cfg.min_batch_fraction)
 
 
+def final_model_dir(cfg: TrainConfig) -> str:
+    """Where ``jobs/train.py`` with ``cfg`` leaves its final model (the export serving and
+    evaluation read): the last stage it runs, ``OUTPUT/stageN/model``."""
+    last = 1 if cfg.run == "1" else 2
+    return eio.join(cfg.output, f"stage{last}", "model")
+
+
+def _folder_version(path: str) -> Any:
+    """(name, size, mtime) of a model folder's files, or None for a hub id: a re-exported
+    init model is a different starting point."""
+    if not os.path.isdir(path):
+        return None
+    out = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            st = os.stat(full)
+            out.append([name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def stage_record(cfg: TrainConfig, n: int, init_path: str) -> dict[str, Any]:
+    """What stage ``n``'s model depends on, and its key: the resolved config without the
+    fields of the other stage and those that only say where/how it runs, plus the model it
+    starts from and the version (size, mtime) of every input file."""
+    config = cfg.model_dump(mode="json")
+    for key in (*RUNTIME_FIELDS, f"stage{3 - n}"):
+        config.pop(key, None)
+    st = cfg.stage1 if n == 1 else cfg.stage2
+    inputs = {inp: [[f, eio.file_version(f)] for f in sample_files(_abs(inp))] for inp in st.inputs}
+    record = {"config": config, "init": {"path": init_path, "files": _folder_version(init_path)},
+              "inputs": inputs}
+    blob = json.dumps(record, sort_keys=True, default=str)
+    return {"key": hashlib.sha256(blob.encode()).hexdigest()[:16], **record}
+
+
+def changed_parts(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """Top-level names (config fields, ``init``, ``inputs``) that differ between two records."""
+    if old is None:
+        return ["(no config recorded)"]
+    out = [k for k in ("init", "inputs") if old.get(k) != new.get(k)]
+    a, b = old.get("config") or {}, new["config"]
+    out += sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return out
+
+
+def _stage_is_current(stage_dir: str, record: dict[str, Any], n: int, log) -> None:
+    """Clear ``stage_dir`` when it was written for another config, model or inputs."""
+    path = os.path.join(stage_dir, RECORD)
+    if not os.path.isdir(stage_dir) or not os.listdir(stage_dir):
+        return
+    old = eio.read_json(path) if os.path.exists(path) else None
+    if old is not None and old.get("key") == record["key"]:
+        return
+    log(f"[train] stage {n}: {stage_dir} was written for something else (changed: "
+        f"{', '.join(changed_parts(old, record))}); starting the stage again")
+    eio.remove(stage_dir)
+
+
 def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
               fault: dict[str, Any] | None = None,
               run: tracking.AnyRun = tracking.NULL) -> dict[str, Any]:
@@ -66,9 +139,12 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
     stage_dir = _abs(eio.join(cfg.output, f"stage{n}"))
     model_dir = os.path.join(stage_dir, "model")
     summary_path = os.path.join(stage_dir, "summary.json")
+    record = stage_record(cfg, n, init_path)
+    _stage_is_current(stage_dir, record, n, log)
     if os.path.exists(os.path.join(model_dir, "modules.json")) and os.path.exists(summary_path):
-        log(f"[train] stage {n}: finished earlier ({model_dir}), skipped")
+        log(f"[train] stage {n}: finished earlier for this config ({model_dir}), skipped")
         return eio.read_json(summary_path)
+    eio.write_json(record, os.path.join(stage_dir, RECORD))
     t0 = time.time()
     run.log_params(cfg.model_dump(mode="json"))
     run.log_text(json.dumps(cfg.model_dump(mode="json"), indent=2), "config.json")
@@ -134,6 +210,9 @@ def run_train(cfg: TrainConfig, log=print, fault: dict[str, Any] | None = None) 
     for n in stages:  # fail on missing inputs before starting anything
         for inp in (cfg.stage1 if n == 1 else cfg.stage2).inputs:
             sample_files(_abs(inp))
+    check_no_overlap(cfg.output, [(f"--stage{n}.inputs", inp) for n in stages
+                                  for inp in (cfg.stage1 if n == 1 else cfg.stage2).inputs])
+    claim_output(cfg.output, "train", cfg.force)
     with connect(cfg.ray_address, cfg.num_cpus):
         init = cfg.model.model
         for n in stages:
