@@ -87,7 +87,8 @@ async def run_work(base_url: str, samples: list[dict[str, Any]], concurrency: in
             "completion_tok_per_s": round(gw.stats["completion_tokens"] / wall, 1),
             "valid_json": round(1 - bad_json / max(calls, 1), 3),
             "accepted": dict(accepted), "rejections": dict(rejected),
-            "acceptance": round(sum(accepted.values()) / max(calls, 1), 3)}
+            "acceptance": round(sum(accepted.values()) / max(calls, 1), 3),
+            "accepted_per_s": round(sum(accepted.values()) / wall, 4)}
 
 
 def bench_engine(backend: str, samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -123,7 +124,8 @@ def bench_engine(backend: str, samples: list[dict[str, Any]], args: argparse.Nam
 
     return {"backend": backend, "models_listed_s": round(listed, 2), "ready_s": round(ready, 2),
             "req_per_s": spread("req_per_s"), "completion_tok_per_s": spread("completion_tok_per_s"),
-            "valid_json": spread("valid_json"), "acceptance": spread("acceptance"), "runs": runs}
+            "valid_json": spread("valid_json"), "acceptance": spread("acceptance"),
+            "accepted_per_s": spread("accepted_per_s"), "runs": runs}
 
 
 def time_llama_build(version: str) -> dict[str, Any]:
@@ -167,7 +169,8 @@ def main() -> None:
     base = next((e for e in out["engines"] if e["backend"] == "llama_cpp" and "error" not in e), None)
     for e in out["engines"]:
         if base and "error" not in e:
-            e["req_per_s_vs_llama_cpp"] = round(e["req_per_s"]["median"] / base["req_per_s"]["median"], 2)
+            for key in ("req_per_s", "accepted_per_s"):
+                e[f"{key}_vs_llama_cpp"] = round(e[key]["median"] / base[key]["median"], 2)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     for e in out["engines"]:
@@ -176,7 +179,9 @@ def main() -> None:
             continue
         print(f"{e['backend']:>12}: ready {e['ready_s']} s, req/s median {e['req_per_s']['median']} "
               f"(min {e['req_per_s']['min']}), valid JSON {e['valid_json']['median']}, accepted/"
-              f"request {e['acceptance']['median']}, vs llama.cpp {e.get('req_per_s_vs_llama_cpp')}")
+              f"request {e['acceptance']['median']}, accepted/s {e['accepted_per_s']['median']}; vs "
+              f"llama.cpp: req/s {e.get('req_per_s_vs_llama_cpp')}, accepted/s "
+              f"{e.get('accepted_per_s_vs_llama_cpp')}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import urllib.request
 from collections import defaultdict
 
 import pytest
+from dashboards import panels as dash
 
-from embedforge import dashboards as dash
 from embedforge.metrics import HISTOGRAM_BOUNDARIES
 from embedforge.serve.http import key_id
 

@@ -193,12 +193,16 @@ def _highlights(name: str, s: dict[str, Any]) -> str:
     if name == "prepare":
         return f"{s['samples']} samples {s['by_kind']}"
     if name == "synthesize":
-        return f"{s['generated_rows']} generated rows from {s['llm_calls']} LLM calls, {s['rejected']} rejected"
+        by = ", ".join(f"{k} {v}" for k, v in sorted(s["rows_by_source"].items()) if k != "original")
+        return (f"{s['generated_rows']} generated rows ({by or 'none'}) from {s['llm_calls']} LLM "
+                f"calls, {s['rejected']} answers rejected")
     if name == "mine":
         return (f"{s['retrieval_samples']} queries, corpus {s['corpus']}, {s['negatives_kept']} "
                 f"negatives kept, {s['dropped']} dropped")
     if name in ("train1", "train2"):
-        return f"{s['steps']} steps, final loss {s['final_loss']}, {s['examples_per_s']} ex/s"
+        changed = "".join(f"; {b['name']}: " + (f"batch {b['batch']}" if b["batch"] else "left out")
+                          for b in s.get("batch_changes", []))
+        return f"{s['steps']} steps, final loss {s['final_loss']}, {s['examples_per_s']} ex/s{changed}"
     if name == "evaluate":
         parts = [f"{t} {s['before'].get(t, float('nan')):.4f} -> {v:.4f}" for t, v in sorted(s["after"].items())]
         return ", ".join(parts) + ("" if s["passed"] else " (GATE FAILED)")

@@ -212,6 +212,10 @@ def run_train_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
     final = s.get("final") or {}
     return {"steps": s["steps"], "final_loss": final.get("loss"),
             "examples_per_s": final.get("examples_per_s"), "model": s["model"],
+            "datasets": [{"name": d["name"], "kind": d["kind"], "size": d["size"]}
+                         for d in s["datasets"]],
+            # datasets that train with a smaller batch or were left out, and why
+            "batch_changes": [b for b in s.get("batches", []) if b["action"] != "ok"],
             "plot": eio.join(f.train, f"stage{s['stage']}", "loss.png")}
 
 

@@ -264,10 +264,11 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
     for sub in (RAW_DIR, ERRORS_DIR, SAMPLES_DIR):
         eio.remove(eio.join(cfg.output, sub))
     if not cfg.llm.base_url:
-        # the embedded engines both take the schema as {"type": "json_object", "schema": ...}
-        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={
-            "timeout_s": max(cfg.llm.timeout_s, cfg.local_llm.request_timeout_s),
-            "json_mode": "object_schema" if cfg.llm.json_mode == "schema" else cfg.llm.json_mode})})
+        local: dict[str, Any] = {"timeout_s": max(cfg.llm.timeout_s, cfg.local_llm.request_timeout_s)}
+        if not cfg.local_llm.command and cfg.llm.json_mode == "schema":
+            # both built-in engines take the schema as {"type": "json_object", "schema": ...}
+            local["json_mode"] = "object_schema"
+        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update=local)})
     cfg_json = cfg.model_dump_json()
     with connect(cfg.ray_address, cfg.num_cpus), local_llm(cfg, log) as llm:
         try:
