@@ -49,14 +49,10 @@ def string_fields(body: dict[str, Any]) -> list[str] | None:
 def string_value(raw: str) -> tuple[str, bool]:
     """The JSON string value at the start of ``raw`` (the text after an opening quote):
     (decoded value, whether its closing quote was reached)."""
-    esc = False
-    for i, ch in enumerate(raw):
-        if esc:
-            esc = False
-        elif ch == "\\":
-            esc = True
-        elif ch == '"':
-            return _unescape(raw[:i]), True
+    closer = StringCloser()
+    closer.feed(raw)
+    if closer.done:
+        return _unescape(raw[:closer.end]), True
     return _unescape(raw), False
 
 
@@ -80,59 +76,19 @@ def json_prefill(body: dict[str, Any]) -> str:
 
 def cut_json(text: str) -> str:
     """The shortest prefix of ``text`` that is a complete JSON object, else ``text``."""
-    depth, in_str, esc = 0, False, False
+    closer = JsonCloser("")
     for i, ch in enumerate(text):
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[: i + 1]
+        if closer.feed(ch):
+            return text[: i + 1]
     return text
 
 
-class JsonCloser:
-    """Incremental brace/string tracker: knows when a streamed JSON object has closed."""
-
-    def __init__(self, prefill: str):
-        self.depth, self.in_str, self.esc, self.done = 0, False, False, False
-        self.feed(prefill)
-
-    def feed(self, text: str) -> bool:
-        for ch in text:
-            if self.done:
-                break
-            if self.in_str:
-                if self.esc:
-                    self.esc = False
-                elif ch == "\\":
-                    self.esc = True
-                elif ch == '"':
-                    self.in_str = False
-            elif ch == '"':
-                self.in_str = True
-            elif ch == "{":
-                self.depth += 1
-            elif ch == "}":
-                self.depth -= 1
-                self.done = self.depth == 0
-        return self.done
-
-
 class StringCloser:
-    """Knows when a streamed JSON string value (the text after its opening quote) has closed."""
+    """Knows when a streamed JSON string value (the text after its opening quote) has closed;
+    ``end`` is then the value's length in the text fed."""
 
     def __init__(self) -> None:
-        self.esc, self.done = False, False
+        self.esc, self.done, self.seen, self.end = False, False, 0, 0
 
     def feed(self, text: str) -> bool:
         for ch in text:
@@ -143,7 +99,33 @@ class StringCloser:
             elif ch == "\\":
                 self.esc = True
             elif ch == '"':
-                self.done = True
+                self.done, self.end = True, self.seen
+            self.seen += 1
+        return self.done
+
+
+class JsonCloser:
+    """Incremental brace/string tracker: knows when a streamed JSON object has closed."""
+
+    def __init__(self, prefill: str):
+        self.depth, self.done = 0, False
+        self.string: StringCloser | None = None  # inside a string: its closer
+        self.feed(prefill)
+
+    def feed(self, text: str) -> bool:
+        for ch in text:
+            if self.done:
+                break
+            if self.string is not None:
+                if self.string.feed(ch):
+                    self.string = None
+            elif ch == '"':
+                self.string = StringCloser()
+            elif ch == "{":
+                self.depth += 1
+            elif ch == "}":
+                self.depth -= 1
+                self.done = self.depth == 0
         return self.done
 
 
