@@ -18,6 +18,7 @@ import urllib.request
 from collections import defaultdict
 
 import pytest
+from dashboards import checks
 from dashboards import panels as dash
 
 from embedforge.metrics import HISTOGRAM_BOUNDARIES
@@ -149,11 +150,11 @@ def test_serving_metrics_reach_prometheus(cluster):
 
     # every series the serving dashboard queries is exported, with the labels it groups by
     model = dash.build(dash.SERVING)
-    queried = dash.queried_series(model)
+    queried = checks.queried_series(model)
     missing = sorted(queried - set(series))
     assert not missing, f"the serving dashboard queries series Ray did not export: {missing}"
-    for expr in dash.expressions(model):
+    for expr in checks.expressions(model):
         grouped = {lab.strip() for g in re.findall(r"by \(([^)]*)\)", expr) for lab in g.split(",")}
-        for name in dash.series_in(expr):
+        for name in checks.series_in(expr):
             have = set().union(*(set(lab) for lab, _ in series[name]))
             assert grouped <= have, f"{expr}: {name} lacks labels {grouped - have}"
