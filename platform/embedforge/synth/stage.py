@@ -172,7 +172,9 @@ def duplicate_ids(raw_dir: str) -> tuple[set[str], int]:
         return set(), 0
     table = pa.concat_tables(tables)
     rows = table.to_pylist()
-    rows.sort(key=lambda r: r["source"] not in ("original", "llm_negative"))
+    # originals first; among generated rows the smallest id wins, so which of two equal rows
+    # survives never depends on the order Ray Data wrote the blocks in
+    rows.sort(key=lambda r: (r["source"] not in ("original", "llm_negative"), r["id"]))
     seen: set[tuple[Any, ...]] = set()
     seen_ids: set[str] = set()
     drop: set[str] = set()
