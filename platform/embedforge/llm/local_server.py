@@ -210,8 +210,9 @@ def local_llm(cfg: Any, log=print,
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, "_llm_server.log")
     if engines is None:
-        model = ll.model_path or default_gguf()
-        log(f"[llm] embedded LLM: {os.path.basename(model)}")
+        # a command of the user's own needs no bundled model ({model} is then model_path)
+        model = ll.model_path or ("" if ll.command else default_gguf())
+        log(f"[llm] embedded LLM: {os.path.basename(model) or ' '.join(ll.command or [])}")
         engines = engine_commands(ll, model)
     proc = None
     failures = []
