@@ -104,7 +104,7 @@ def train_worker(config: dict[str, Any]) -> None:
     data = TrainData(config["data_dir"], config["manifest"], cfg.loss.num_negatives, cfg.seed)
     plan = BatchPlan(data.infos, cfg.batch_size.as_dict(), alpha=cfg.alpha,
                      retrieval_share=st.retrieval_share if n == 2 else None, seed=cfg.seed,
-                     keys_of=data.keys, world=world,
+                     keys_of=data.keys,
                      decisions=[BatchDecision(**x) for x in config["decisions"]])
     log_path = config.get("metrics_log")
     run = tracking.attach(config.get("tracking")) if rank == 0 else tracking.NULL
