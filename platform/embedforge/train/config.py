@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -65,11 +66,42 @@ class BatchSizes(ConfigSection):
         return self.model_dump()
 
 
+def check_matryoshka(dims: list[int], weights: list[float] | None) -> None:
+    """Checks that need no model: positive, strictly increasing dims; weights of a fitting length
+    (len(dims) when the last dim is the full size, len(dims)+1 when the full size is implicit)."""
+    if any(d <= 0 for d in dims):
+        raise ValueError(f"loss.matryoshka_dims: every dim must be positive, got {dims}")
+    if any(b <= a for a, b in itertools.pairwise(dims)):
+        raise ValueError(f"loss.matryoshka_dims: dims must be strictly increasing, got {dims}")
+    if weights is not None:
+        if len(weights) not in (len(dims), len(dims) + 1):
+            raise ValueError(f"loss.matryoshka_weights: {len(weights)} weights for dims {dims}: "
+                             f"give {len(dims)} (last dim is the full size) or {len(dims) + 1} "
+                             "(the last weight is the implicit full size's)")
+        if any(x < 0 for x in weights) or not any(x > 0 for x in weights):
+            raise ValueError(f"loss.matryoshka_weights: weights must be >= 0, one > 0, got {weights}")
+
+
 class LossSettings(ConfigSection):
     temperature: float = Field(0.02, gt=0, description="InfoNCE τ (report: 0.02)")
     query_query: bool = Field(True, description="other queries of the batch as negatives")
     cosent_scale: float = Field(20.0, gt=0, description="CoSENT λ")
     num_negatives: int = Field(7, ge=0, description="hard negatives per retrieval/class sample")
+    matryoshka_dims: list[int] | None = Field(
+        None, description="Matryoshka (MRL): also train embeddings truncated to these sizes, "
+                          "strictly increasing, e.g. 64,128,256; the full size is always trained "
+                          "too (added when not listed); none: full size only")
+    matryoshka_weights: list[float] | None = Field(
+        None, description="loss weight per Matryoshka dim, the full size's last (one more than "
+                          "matryoshka_dims when the full size is not listed); default 1 each")
+
+    @model_validator(mode="after")
+    def _matryoshka(self) -> LossSettings:
+        if self.matryoshka_weights is not None and not self.matryoshka_dims:
+            raise ValueError("loss.matryoshka_weights needs loss.matryoshka_dims")
+        if self.matryoshka_dims:
+            check_matryoshka(self.matryoshka_dims, self.matryoshka_weights)
+        return self
 
 
 class DeepSpeedSettings(ConfigSection):

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .config import check_matryoshka
+
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -139,3 +141,56 @@ def cosent(
     diff = diff.masked_fill(~valid, float("-inf"))
     zero = torch.zeros(1, dtype=diff.dtype, device=diff.device)
     return torch.logsumexp(torch.cat([zero, diff.flatten()]), dim=0)
+
+
+# --- Matryoshka representation learning (MRL) ---------------------------------------------
+
+
+def truncate_normalise(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first ``dim`` components of each row, L2-renormalised: what a user of a
+    Matryoshka model gets when asking for ``dim`` dimensions (serve ``dimensions=``,
+    sentence-transformers ``truncate_dim=``), so training scores exactly that vector."""
+    return F.normalize(x[..., :dim], dim=-1)
+
+
+def matryoshka_plan(dims: list[int] | None, weights: list[float] | None,
+                    full: int) -> list[tuple[int, float]]:
+    """(dim, weight) pairs to train, smallest first, the full dimension always last.
+
+    ``dims`` lists the truncated sizes; ``full`` is added when it is not their last entry.
+    ``weights`` has one entry per resulting dim (default 1 each). Raises ValueError naming
+    ``loss.matryoshka_dims`` for a dim above the model's embedding size, so a wrong config
+    fails before any step rather than silently training on fewer dims than asked.
+    """
+    if not dims:
+        return [(full, 1.0)]
+    check_matryoshka(dims, weights)
+    if dims[-1] > full:
+        raise ValueError(f"loss.matryoshka_dims: {dims[-1]} is larger than the model's embedding "
+                         f"size {full}; use dims up to {full}")
+    eff = list(dims) if dims[-1] == full else [*dims, full]
+    w = [1.0] * len(eff) if weights is None else [float(x) for x in weights]
+    if len(w) != len(eff):
+        raise ValueError(f"loss.matryoshka_weights: {len(w)} weights for {len(eff)} dims {eff} "
+                         f"(the full size {full} is always trained; give it a weight too)")
+    return list(zip(eff, w, strict=True))
+
+
+def matryoshka(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+               emb: dict[str, torch.Tensor], plan: list[tuple[int, float]]) -> torch.Tensor:
+    """Σ_d w_d · loss(every embedding truncated to d and renormalised).
+
+    A plain weighted sum, not divided by Σ w, as sentence-transformers' ``MatryoshkaLoss``
+    does, so weights and learning rates carry over from recipes written for it. The full
+    dimension is used as given (no renormalisation), so ``plan=[(full, 1)]`` is exactly the
+    plain loss. Truncation works on whatever embeddings it is handed: under GradCache these
+    are the cached full-size embeddings, so the gradient stays exact.
+    """
+    full = next(iter(emb.values())).shape[-1]
+    total: torch.Tensor | None = None
+    for dim, weight in plan:
+        part = emb if dim == full else {k: truncate_normalise(v, dim) for k, v in emb.items()}
+        term = weight * loss_fn(part)
+        total = term if total is None else total + term
+    assert total is not None, "empty matryoshka plan"
+    return total

@@ -81,7 +81,22 @@ def batch_groups(batch: TextBatch, tokenizer: Any, model: ModelSettings, device:
 
 def batch_loss(batch: TextBatch, emb: dict[str, torch.Tensor], cfg: LossSettings,
                gather: losses.Gather = losses.identity) -> torch.Tensor:
-    """The loss of the batch's kind, from its group embeddings."""
+    """The loss of the batch's kind, from its group embeddings; with ``loss.matryoshka_dims``
+    the weighted sum over the truncated sizes (:func:`losses.matryoshka`).
+
+    Truncation happens here, on the embeddings handed in (under GradCache: the cached
+    full-size ones), so the chunked backward stays exact.
+    """
+    if not cfg.matryoshka_dims:
+        return kind_loss(batch, emb, cfg, gather)
+    full = emb["q"].shape[-1]
+    plan = losses.matryoshka_plan(cfg.matryoshka_dims, cfg.matryoshka_weights, full)
+    return losses.matryoshka(lambda e: kind_loss(batch, e, cfg, gather), emb, plan)
+
+
+def kind_loss(batch: TextBatch, emb: dict[str, torch.Tensor], cfg: LossSettings,
+              gather: losses.Gather = losses.identity) -> torch.Tensor:
+    """The loss of the batch's kind, from its group embeddings (one embedding size)."""
     q, pos = emb["q"], emb["pos"]
     dev = q.device
     k = batch.num_negatives

@@ -204,12 +204,31 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
     return summary
 
 
+def check_matryoshka_fits(cfg: TrainConfig) -> None:
+    """A Matryoshka dim above the backbone's hidden size fails here, before any cluster starts,
+    not at the first batch on a worker (where :func:`losses.matryoshka_plan` would also stop it)."""
+    if not cfg.loss.matryoshka_dims:
+        return
+    from transformers import AutoConfig
+
+    from .losses import matryoshka_plan
+
+    full = getattr(AutoConfig.from_pretrained(cfg.model.model), "hidden_size", None)
+    if full is None:  # an unusual config: the first batch checks against the real embedding size
+        return
+    try:
+        matryoshka_plan(cfg.loss.matryoshka_dims, cfg.loss.matryoshka_weights, int(full))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def run_train(cfg: TrainConfig, log=print, fault: dict[str, Any] | None = None) -> dict[str, Any]:
     stages = {"1": [1], "2": [2], "both": [1, 2]}[cfg.run]
     out: dict[str, Any] = {"stages": []}
     for n in stages:  # fail on missing inputs before starting anything
         for inp in (cfg.stage1 if n == 1 else cfg.stage2).inputs:
             sample_files(_abs(inp))
+    check_matryoshka_fits(cfg)
     check_no_overlap(cfg.output, [(f"--stage{n}.inputs", inp) for n in stages
                                   for inp in (cfg.stage1 if n == 1 else cfg.stage2).inputs])
     claim_output(cfg.output, "train", cfg.force)
