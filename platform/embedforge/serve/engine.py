@@ -43,6 +43,18 @@ def load_prompts(path: str) -> dict[str, str]:
         return {str(k): str(v) for k, v in (json.load(fh).get("prompts") or {}).items()}
 
 
+def load_matryoshka_dims(path: str) -> list[int] | None:
+    """The sizes an embedforge export was Matryoshka-trained at (``embedforge.json``), so clients
+    can pick a ``dimensions`` that keeps quality; None for plain or older exports and other
+    models (any ``dimensions`` still works, just untrained)."""
+    cfg = os.path.join(path, "embedforge.json")
+    if not os.path.exists(cfg):
+        return None
+    with open(cfg) as fh:
+        dims = json.load(fh).get("matryoshka_dims")
+    return [int(d) for d in dims] if dims else None
+
+
 def plan_forwards(lengths: list[int], max_tokens: int) -> list[list[int]]:
     """Indices grouped into forward passes: longest first, each pass's padded size
     (count × longest) within ``max_tokens`` (a text longer than the budget goes alone)."""
@@ -65,6 +77,7 @@ class EmbeddingEngine:
         self.max_length = self.encoder.max_length
         self.dim = self.encoder.dim
         self.prompts = load_prompts(settings.model)
+        self.matryoshka_dims = load_matryoshka_dims(settings.model)
         self._special = set(self.tokenizer.all_special_ids)
 
     def prompt(self, name: str | None, param: str = "prompt_name") -> str:
@@ -147,4 +160,4 @@ class EmbeddingEngine:
     def info(self) -> dict[str, Any]:
         return {"dim": self.dim, "max_length": self.max_length, "pooling": self.encoder.pooling,
                 "include_prompt": self.encoder.include_prompt, "normalize": self.normalize,
-                "prompts": self.prompts}
+                "prompts": self.prompts, "matryoshka_dims": self.matryoshka_dims}

@@ -265,7 +265,8 @@ def build_api(engine: EmbeddingEngine, embed: Embed, cfg: ServeConfig,
 
     async def models(_: bytes) -> tuple[bytes, int, int]:
         return json.dumps({"object": "list", "data": [
-            {"id": model_name, "object": "model", "created": started, "owned_by": "embedforge"}]
+            {"id": model_name, "object": "model", "created": started, "owned_by": "embedforge",
+             "dimensions": engine.dim, "matryoshka_dims": engine.matryoshka_dims}]
         }).encode(), 0, 0
 
     async def info(_: bytes) -> tuple[bytes, int, int]:
