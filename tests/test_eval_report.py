@@ -100,3 +100,25 @@ def test_load_scores_reads_scores_json_and_rejects_other_json(tmp_path):
         load_scores(str(tmp_path / "other.json"))
     with pytest.raises(ConfigError, match="not found"):
         load_scores(str(tmp_path / "missing"))
+
+
+def test_dims_table_has_a_column_per_size_full_last_and_mean_row():
+    from embedforge.eval.report import dims_table
+
+    md = dims_table({"a": {64: 0.5, 128: 0.6}, "b": {64: 0.3, 128: 0.4}}, {"a": 0.7, "b": 0.5}, 256)
+    lines = md.strip().splitlines()
+    assert "| task | 64 | 128 | 256 (full) |" in lines
+    assert "| a | 50.00 | 60.00 | 70.00 |" in lines
+    assert lines[-1] == "| Mean(Task) | 40.00 | 50.00 | 60.00 |"
+
+
+def test_eval_dims_option_sorted_unique_positive():
+    from pydantic import ValidationError
+
+    from embedforge.config import parse_config
+    from embedforge.eval.config import EvalConfig
+
+    cfg = parse_config(EvalConfig, ["--encoder.model", "m", "--output", "o", "--dims", "128,64,64"])
+    assert cfg.dims == [64, 128]
+    with pytest.raises(ValidationError, match="positive"):
+        EvalConfig(encoder={"model": "m"}, output="o", dims=[0, 64])

@@ -203,3 +203,35 @@ def test_gate_passes_an_equal_model(job, tiny_qwen: str, shared_data, tmp_path, 
     assert "[gate] passed" in capsys.readouterr().out
     doc = json.loads((tmp_path / "b" / "scores.json").read_text())
     assert doc["gate"]["passed"] is True and doc["gate"]["regressions"] == []
+
+
+def test_dims_scores_every_size_and_the_gate_uses_the_full_one(job, tiny_qwen: str, shared_data,
+                                                                tmp_path, capsys):
+    """--dims 16,32 on a 64-dim model: the full-size scores equal a run without --dims (so the
+    gate against it passes), every task gets a different score per size, and the report carries
+    the table and dims.png."""
+    args = ["--encoder.model", tiny_qwen,
+            "--task", f"stsb=sts:{shared_data / 'stsb' / 'sts-test.csv'}", "--option", "stsb.limit=200",
+            "--task", f"scifact=beir:{shared_data / 'scifact'}:dev", "--option", "scifact.max_corpus=200"]
+    assert job.main([*args, "--output", str(tmp_path / "plain")]) == 0
+    assert job.main([*args, "--output", str(tmp_path / "mrl"), "--dims", "32,16",
+                     "--baseline", str(tmp_path / "plain"), "--tolerance", "0"]) == 0
+    assert "[gate] passed" in capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain" / "scores.json").read_text())
+    mrl = json.loads((tmp_path / "mrl" / "scores.json").read_text())
+    assert "dims" not in plain and "dims" not in plain["tasks"]["stsb"]
+    for task in ("stsb", "scifact"):
+        assert mrl["tasks"][task]["main_score"] == plain["tasks"][task]["main_score"]
+        by = mrl["tasks"][task]["dims"]
+        assert set(by) == {"16", "32"}
+        assert len({by["16"], by["32"], mrl["tasks"][task]["main_score"]}) == 3
+    assert mrl["dims"]["sizes"] == [16, 32, 64] and mrl["dims"]["full"] == 64
+    md = (tmp_path / "mrl" / "report.md").read_text()
+    assert "## Score by embedding size" in md and "| 16 | 32 | 64 (full) |" in md
+    assert (tmp_path / "mrl" / "dims.png").stat().st_size > 5000
+    assert not (tmp_path / "plain" / "dims.png").exists()
+    # a size above the model's is one clear error before any task runs
+    from embedforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="more than the model's embedding size 64"):
+        job.main([*args, "--output", str(tmp_path / "big"), "--dims", "128"])

@@ -55,6 +55,10 @@ class EvalConfig(JobConfig):
     devices: list[str] = Field(
         default_factory=list, description="one encoder replica per device in a process, e.g. "
                                           "cuda:0,cuda:1 (default: every visible GPU)")
+    dims: list[int] | None = Field(
+        None, description="Matryoshka: also score every task with embeddings truncated to these "
+                          "sizes and renormalised, e.g. 64,128,256 (the full size is always "
+                          "scored; the gate uses it); writes dims.png and a table in report.md")
     ray: bool = Field(
         False, description="fan tasks out over Ray actors (one task per actor call) when "
                            "there is more than one")
@@ -75,6 +79,15 @@ class EvalConfig(JobConfig):
         if dup:
             raise ValueError(f"task names must be unique, repeated: {', '.join(dup)}")
         return v
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, v: list[int] | None) -> list[int] | None:
+        if not v:
+            return None
+        if any(d <= 0 for d in v):
+            raise ValueError(f"every dim must be positive, got {v}")
+        return sorted(set(v))
 
     @classmethod
     def add_cli_extras(cls, parser: argparse.ArgumentParser) -> None:

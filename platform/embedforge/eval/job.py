@@ -81,4 +81,5 @@ def _track(trk: tracking.AnyRun, cfg: EvalConfig, out: EvalOutcome) -> None:
     verdict = "none" if not cfg.baseline else ("passed" if out.passed else "failed")
     trk.set_tags({"embedforge.gate": verdict, "embedforge.model": cfg.encoder.model,
                   **({"embedforge.failed_tasks": ", ".join(out.failed)} if out.failed else {})})
-    trk.log_files([eio.join(cfg.output, f) for f in ("report.md", "scores.json", "chart.png")])
+    files = ["report.md", "scores.json", "chart.png", *(["dims.png"] if out.run.dim_scores else [])]
+    trk.log_files([eio.join(cfg.output, f) for f in files])

@@ -10,6 +10,7 @@ together.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -63,6 +64,20 @@ def split_by_length(texts: Sequence[str], parts: int) -> list[list[int]]:
     return [order[i::parts].tolist() for i in range(parts)]
 
 
+def truncate_rows(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """First ``dim`` components of each row, L2-renormalised: the vector a Matryoshka model's
+    user gets for ``dim`` (serve ``dimensions=``, training's truncated loss terms)."""
+    cut = vectors[:, :dim]
+    return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _texts_key(prompt: str, texts: list[str]) -> str:
+    h = hashlib.sha256(prompt.encode())
+    for t in texts:
+        h.update(b"\0" + t.encode())
+    return h.hexdigest()
+
+
 class MTEBEncoder(AbsEncoder):
     """What ``mteb.evaluate`` calls: ``encode(inputs, task_metadata=…, prompt_type=…)``."""
 
@@ -88,6 +103,15 @@ class MTEBEncoder(AbsEncoder):
             reference=None,
         ))
         self.prefixes_used: dict[str, dict[str, str]] = {}
+        # Matryoshka scoring: each task is scored at full size, then again per truncated size
+        # from the same full vectors (cached for the current task only), not re-encoded.
+        self.truncate_dim: int | None = None
+        self.cache: dict[str, np.ndarray] | None = None
+
+    def start_task(self, cache: bool) -> None:
+        """Forget the previous task's vectors; cache this task's when it is scored more than once."""
+        self.truncate_dim = None
+        self.cache = {} if cache else None
 
     def prefix(self, task_metadata: Any, prompt_type: Any) -> str:
         if self.instructions is None:
@@ -104,7 +128,14 @@ class MTEBEncoder(AbsEncoder):
                prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
         prefix = self.prefix(task_metadata, prompt_type)
         texts = [str(t) for batch in inputs for t in batch["text"]]
-        return self.encode_texts(texts, prefix)
+        if self.cache is None:
+            vectors = self.encode_texts(texts, prefix)
+        else:
+            key = _texts_key(prefix, texts)
+            if key not in self.cache:
+                self.cache[key] = self.encode_texts(texts, prefix)
+            vectors = self.cache[key]
+        return vectors if self.truncate_dim is None else truncate_rows(vectors, self.truncate_dim)
 
     def encode_texts(self, texts: list[str], prompt: str = "") -> np.ndarray:
         """Vectors of ``prompt + text``; the prompt stays separate so a model exported with

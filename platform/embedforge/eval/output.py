@@ -59,6 +59,8 @@ def scores_document(run: EvalRun, model_path: str | None = None,
             "main_score": _nan_to_none(o.main_score), "main_metric": o.main_metric,
             "type": o.type, "seconds": o.seconds, "instructions": o.prefixes,
             "spec": o.spec, **({"error": o.error} if o.error else {}),
+            **({"dims": {str(d): _nan_to_none(v) for d, v in o.dim_scores.items()}}
+               if o.dim_scores else {}),
         }
     meta = run.model_meta
     return {
@@ -70,7 +72,18 @@ def scores_document(run: EvalRun, model_path: str | None = None,
         "type_means": {k: _nan_to_none(v) for k, v in means["type_means"].items()},  # type: ignore[union-attr]
         "seconds": run.seconds,
         "gate": gate,
+        **({"dims": _dims_summary(run)} if run.dim_scores else {}),
     }
+
+
+def _dims_summary(run: EvalRun) -> dict[str, Any]:
+    """Mean(Task) per scored size (full size included): the curve at a glance."""
+    full = int(run.model_meta.embed_dim)
+    sizes = [*sorted({d for by in run.dim_scores.values() for d in by}), full]
+    rows = {t: {**by, full: run.scores[t]} for t, by in run.dim_scores.items()}
+    return {"sizes": sizes, "full": full,
+            "mean_task": {str(d): _nan_to_none(report.mean_task(
+                {t: r.get(d, math.nan) for t, r in rows.items()})) for d in sizes}}
 
 
 def gate_section(regressions: Sequence[Regression], baseline: RunScores, tolerance: float,
@@ -91,7 +104,8 @@ def gate_section(regressions: Sequence[Regression], baseline: RunScores, toleran
 def write_outputs(output: str, run: EvalRun, others: Sequence[RunScores] = (),
                   model_path: str | None = None, gate: dict[str, Any] | None = None,
                   gate_md: str = "", config: dict[str, Any] | None = None) -> dict[str, str]:
-    """results/ (mteb JSON), scores.json, report.md, chart.png [, config.json]; returns paths."""
+    """results/ (mteb JSON), scores.json, report.md, chart.png [, dims.png, config.json];
+    returns paths."""
     from mteb.cache import ResultCache
 
     with local_dir(output) as root:
@@ -106,12 +120,16 @@ def write_outputs(output: str, run: EvalRun, others: Sequence[RunScores] = (),
         errors = run.errors
         if errors:
             md += "\n## Failed tasks\n\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()) + "\n"
+        full_dim = int(run.model_meta.embed_dim)
+        if run.dim_scores:
+            md += report.dims_table(run.dim_scores, run.scores, full_dim)
+            report.dims_chart(run.dim_scores, run.scores, full_dim, str(root / "dims.png"))
         (root / "report.md").write_text(md + gate_md)
         report.bar_chart(runs, str(root / "chart.png"))
         if config is not None:
             (root / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    return {name: eio.join(output, name) for name in
-            ("results", "scores.json", "report.md", "chart.png")}
+    names = ["results", "scores.json", "report.md", "chart.png", *(["dims.png"] if run.dim_scores else [])]
+    return {name: eio.join(output, name) for name in names}
 
 
 def load_scores(path: str) -> RunScores:

@@ -151,6 +151,55 @@ def bar_chart(runs: Sequence[RunScores], path: str, title: str = "mteb main scor
     plt.close(fig)
 
 
+def dims_table(dim_scores: Mapping[str, Mapping[int, float]], full_scores: Mapping[str, float],
+               full_dim: int) -> str:
+    """Markdown: one row per task, one column per Matryoshka size (full size last), plus the
+    mean over tasks, so the quality a smaller index costs is read off one line."""
+    dims = sorted({d for by in dim_scores.values() for d in by})
+    cols = [*dims, full_dim]
+    tasks = sorted(dim_scores)
+    lines = ["", "## Score by embedding size (Matryoshka)", "",
+             "Each task scored with embeddings truncated to the first N dimensions and "
+             "renormalised; the full size is the main score the gate uses.", "",
+             "| task | " + " | ".join(f"{d}" + (" (full)" if d == full_dim else "") for d in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for task in tasks:
+        row = {**dim_scores[task], full_dim: full_scores.get(task, math.nan)}
+        lines.append(f"| {task} | " + " | ".join(_fmt(row.get(d)) for d in cols) + " |")
+    means = [mean_task({t: ({**dim_scores[t], full_dim: full_scores.get(t, math.nan)}).get(d, math.nan)
+                        for t in tasks}) for d in cols]
+    lines.append("| Mean(Task) | " + " | ".join(_fmt(m) for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def dims_chart(dim_scores: Mapping[str, Mapping[int, float]], full_scores: Mapping[str, float],
+               full_dim: int, path: str, title: str = "score vs embedding size") -> None:
+    """One line per task (and Mean(Task)): main score against the truncated size, log-2 x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted({d for by in dim_scores.values() for d in by} | {full_dim})
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    rows = {t: {**dim_scores[t], full_dim: full_scores.get(t, math.nan)} for t in sorted(dim_scores)}
+    for task, row in rows.items():
+        ax.plot(dims, [100 * row.get(d, math.nan) for d in dims], marker="o", label=task)
+    means = [100 * mean_task({t: r.get(d, math.nan) for t, r in rows.items()}) for d in dims]
+    ax.plot(dims, means, marker="s", color="black", linewidth=2, label="Mean(Task)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(dims)
+    ax.set_xticklabels([str(d) for d in dims])
+    ax.set_xlabel("embedding dimensions")
+    ax.set_ylabel("score ×100")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 @dataclass
 class Regression:
     """A task that fails the gate, and why."""

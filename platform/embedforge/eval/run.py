@@ -40,6 +40,7 @@ class TaskOutcome:
     seconds: float = 0.0
     prefixes: dict[str, str] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
+    dim_scores: dict[int, float] = field(default_factory=dict)  # Matryoshka: size -> main score
 
 
 @dataclass
@@ -58,6 +59,11 @@ class EvalRun:
     @property
     def types(self) -> dict[str, str]:
         return {o.name: o.type for o in self.outcomes}
+
+    @property
+    def dim_scores(self) -> dict[str, dict[int, float]]:
+        """``{task: {dim: main score}}`` for the truncated sizes scored (``--dims``)."""
+        return {o.name: o.dim_scores for o in self.outcomes if o.dim_scores}
 
     @property
     def errors(self) -> dict[str, str]:
@@ -84,7 +90,7 @@ class EvalSession:
 
     def __init__(self, settings: EncoderSettings, instructions: InstructionMap | None,
                  devices: Sequence[str] = (), model_name: str | None = None,
-                 spec_instructions: Mapping[str, str] | None = None):
+                 spec_instructions: Mapping[str, str] | None = None, dims: Sequence[int] = ()):
         import datasets
 
         from .model import MTEBEncoder
@@ -93,13 +99,17 @@ class EvalSession:
         self.model = MTEBEncoder(settings, instructions, devices=devices, name=model_name,
                                  spec_instructions=dict(spec_instructions or {}))
         self.batch_size = settings.batch_size
+        full = self.model.encoders[0].dim
+        too_big = [d for d in dims if d > full]
+        if too_big:
+            raise ConfigError(f"--dims {','.join(map(str, too_big))}: more than the model's "
+                              f"embedding size {full}")
+        self.dims = [d for d in dims if d < full]  # the full size is scored anyway
 
     def meta(self) -> Any:
         return self.model.mteb_model_meta
 
     def run(self, spec: TaskSpec) -> TaskOutcome:
-        import mteb
-
         from .tasks import build_task
 
         t0 = time.time()
@@ -108,25 +118,39 @@ class EvalSession:
         try:
             task = build_task(spec)
             metric, ttype = task.metadata.main_score, str(task.metadata.type)
-            with warnings.catch_warnings():
-                # k-shot classifiers on capped data leave some labels unpredicted: sklearn
-                # warns once per label and experiment, burying our lines
-                warnings.filterwarnings("ignore", module=r"sklearn\.")
-                res = mteb.evaluate(self.model, task, cache=None, show_progress_bar=False,
-                                    encode_kwargs={"batch_size": self.batch_size,
-                                                   "show_progress_bar": False})
-            if not res.task_results:
-                raise RuntimeError(f"mteb returned no result for {spec.name}")
-            tr = res.task_results[0]
+            self.model.start_task(cache=bool(self.dims))
+            tr = self._evaluate(task, spec.name)
+            dim_scores = {}
+            for dim in self.dims:  # the same task again on the cached full vectors, truncated
+                self.model.truncate_dim = dim
+                dim_scores[dim] = float(self._evaluate(build_task(spec), spec.name).main_score)
+            self.model.start_task(cache=False)
             return TaskOutcome(spec.name, ttype, float(tr.main_score), metric, result=tr,
                                seconds=round(time.time() - t0, 2),
                                prefixes=self.model.prefixes_used.get(task.metadata.name, {}),
-                               spec=spec.model_dump(mode="json", exclude_defaults=True))
+                               spec=spec.model_dump(mode="json", exclude_defaults=True),
+                               dim_scores=dim_scores)
         except Exception as exc:  # one failed task must not lose the others' results
+            self.model.start_task(cache=False)
             return TaskOutcome(spec.name, ttype or "Unknown", math.nan, metric,
                                error=f"{type(exc).__name__}: {exc}",
                                seconds=round(time.time() - t0, 2),
                                spec=spec.model_dump(mode="json", exclude_defaults=True))
+
+
+    def _evaluate(self, task: Any, name: str) -> Any:
+        import mteb
+
+        with warnings.catch_warnings():
+            # k-shot classifiers on capped data leave some labels unpredicted: sklearn
+            # warns once per label and experiment, burying our lines
+            warnings.filterwarnings("ignore", module=r"sklearn\.")
+            res = mteb.evaluate(self.model, task, cache=None, show_progress_bar=False,
+                                encode_kwargs={"batch_size": self.batch_size,
+                                               "show_progress_bar": False})
+        if not res.task_results:
+            raise RuntimeError(f"mteb returned no result for {name}")
+        return res.task_results[0]
 
 
 def resolve_specs(tasks: Iterable[TaskSpec], benchmarks: Iterable[str] = (),
@@ -170,11 +194,12 @@ def check_model(path: str) -> None:
 def run_tasks(settings: EncoderSettings, specs: Sequence[TaskSpec], *,
               instructions: InstructionMap | None, devices: Sequence[str] = (),
               model_name: str | None = None, ray: RaySettings | None = None,
-              log: Log = print) -> EvalRun:
-    """Evaluate ``specs``; on Ray when ``ray`` is given and there is more than one task."""
+              log: Log = print, dims: Sequence[int] = ()) -> EvalRun:
+    """Evaluate ``specs``; on Ray when ``ray`` is given and there is more than one task.
+    ``dims``: Matryoshka sizes each task is also scored at (truncated, renormalised)."""
     t0 = time.time()
     kwargs = dict(settings=settings, instructions=instructions, devices=list(devices),
-                  model_name=model_name,
+                  model_name=model_name, dims=list(dims),
                   spec_instructions={s.name: s.instruction for s in specs if s.instruction})
     if ray is not None and len(specs) > 1:
         meta, outcomes = _run_on_ray(kwargs, specs, ray, log)
@@ -193,7 +218,8 @@ def _log_outcome(o: TaskOutcome, log: Log) -> None:
     if o.error:
         log(f"[evaluate] {o.name}: FAILED after {o.seconds}s: {o.error}")
     else:
-        log(f"[evaluate] {o.name} ({o.type}): {o.main_metric} = {o.main_score:.4f} in {o.seconds}s")
+        at = "".join(f", {d}: {v:.4f}" for d, v in o.dim_scores.items())
+        log(f"[evaluate] {o.name} ({o.type}): {o.main_metric} = {o.main_score:.4f}{at} in {o.seconds}s")
 
 
 def _run_on_ray(kwargs: dict[str, Any], specs: Sequence[TaskSpec], rs: RaySettings,
@@ -234,7 +260,7 @@ def run_evaluation(cfg: EvalConfig, log: Log = print) -> EvalRun:
     log(f"[evaluate] {cfg.encoder.model}: {len(specs)} task(s), instructions "
         f"{'on' if instr else 'off'}")
     return run_tasks(cfg.encoder, specs, instructions=instr, devices=cfg.devices,
-                     model_name=cfg.model_name, ray=ray, log=log)
+                     model_name=cfg.model_name, ray=ray, log=log, dims=cfg.dims or ())
 
 
 def evaluate_model(
@@ -249,13 +275,15 @@ def evaluate_model(
     model_name: str | None = None,
     use_ray: bool = False,
     output: str | None = None,
+    dims: Sequence[int] = (),
     log: Log = lambda _msg: None,
 ) -> dict[str, float]:
     """``{task name: mteb main_score}`` for a model folder on task specs — for other code.
 
     ``tasks`` are ``NAME=KIND:PATH[:SPLIT]`` strings, dicts or TaskSpecs; ``options`` adds
     per-task options (``{"scifact": {"max_corpus": 1000}}``). With ``output`` the full job
-    outputs (mteb JSON, scores.json, report.md, chart.png) are written too. A failed task
+    outputs (mteb JSON, scores.json, report.md, chart.png) are written too; ``dims`` scores
+    Matryoshka sizes too (in the outputs; the returned scores are the full size). A failed task
     raises, so a caller never mistakes a missing score for a bad one.
     """
     from .output import write_outputs
@@ -274,7 +302,7 @@ def evaluate_model(
     specs = resolve_specs(specs)
     instr = InstructionMap.load(overrides=instruction_map) if instructions else None
     run = run_tasks(settings, specs, instructions=instr, model_name=model_name,
-                    ray=RaySettings() if use_ray else None, log=log)
+                    ray=RaySettings() if use_ray else None, log=log, dims=dims)
     if output:
         write_outputs(output, run)
     if run.errors:
