@@ -85,3 +85,21 @@ def test_a_stage_folder_of_another_config_is_cleared_and_its_own_kept(cfg):
 def test_final_model_dir_is_the_last_stage_run(cfg):
     assert final_model_dir(cfg) == os.path.join(cfg.output, "stage2", "model")
     assert final_model_dir(cfg.model_copy(update={"run": "1"})) == os.path.join(cfg.output, "stage1", "model")
+
+
+def test_a_matryoshka_dim_above_the_hidden_size_fails_before_the_cluster(tmp_path):
+    """Through the job's own entry point: one ``error:``-style ConfigError, no Ray started."""
+    from embedforge.config import ConfigError
+    from embedforge.testing.models import build_tiny_qwen2
+    from embedforge.train.run import check_matryoshka_fits, run_train
+
+    qwen = build_tiny_qwen2(str(tmp_path / "qwen"))  # hidden size 64
+    data = samples(tmp_path / "in")
+    bad = TrainConfig(output=str(tmp_path / "run"), run="1", model={"model": qwen},
+                      stage1={"inputs": [data]}, loss={"matryoshka_dims": [32, 128]})
+    with pytest.raises(ConfigError, match=r"loss\.matryoshka_dims: 128 is larger than the model's "
+                                          r"embedding size 64"):
+        run_train(bad)
+    assert not os.path.exists(tmp_path / "run")  # failed before claiming the output
+    check_matryoshka_fits(bad.model_copy(update={"loss": bad.loss.model_copy(
+        update={"matryoshka_dims": [32, 64]})}))  # the full size itself is fine
