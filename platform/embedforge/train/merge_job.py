@@ -33,7 +33,6 @@ from pydantic import Field, model_validator
 from .. import io as eio
 from ..config import ConfigError, JobConfig
 from ..safety import FORCE_HELP, check_no_overlap, claim_output
-from . import merge
 
 STAGE = "merge"
 Method = Literal["average", "linear", "slerp"]
@@ -110,6 +109,8 @@ def interpolate_exports(a: str, b: str, t: float, method: str, out_dir: str) -> 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from . import merge
+
     weight_files(a), weight_files(b)  # both are exports, before comparing what they hold
     _check_same_layout(a, b)
     sa = load_export_weights(a)
@@ -166,6 +167,7 @@ def _stage_query_instruction(stage_dir: str) -> str | None:
 def average_checkpoints(stage_dir: str, k: int, out_dir: str,
                         weights: list[float] | None = None, log=print) -> tuple[str, list[str]]:
     """Export the average of the stage's last ``k`` checkpoints to ``out_dir``."""
+    from . import merge
     from .config import ModelSettings
     from .export import consolidated_state_dict, export_model, load_trained
     from .run import RECORD
