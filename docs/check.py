@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_DIRS = ("platform", "jobs", "tests", "benchmarks", "dashboards", "docs", "cluster")
-STAGE_PAGES = {"prepare", "synthesize", "mine", "train", "evaluate", "serve", "pipeline"}
+STAGE_PAGES = {"prepare", "synthesize", "mine", "train", "merge", "evaluate", "serve", "pipeline"}
 # flags of other tools that the docs name in inline code on their own (in a command line,
 # everything after `ray`, `docker`, ... is that tool's and never checked)
 EXTERNAL_FLAGS = {

@@ -48,6 +48,7 @@ JOB_CONFIGS: dict[str, str] = {
     "jobs/synthesize.py": "embedforge.synth.config:SynthConfig",
     "jobs/mine.py": "embedforge.mine.config:MineConfig",
     "jobs/train.py": "embedforge.train.config:TrainConfig",
+    "jobs/merge.py": "embedforge.train.merge_job:MergeConfig",
     "jobs/evaluate.py": "embedforge.eval.config:EvalConfig",
     "jobs/serve.py": "embedforge.serve.config:ServeConfig",
     "jobs/pipeline.py": "embedforge.pipeline.config:PipelineConfig",

@@ -186,3 +186,82 @@ def test_evaluation_and_prepare_read_a_pair_file_the_same_way(tmp_path):
             continue
         prepared.append((s.query, s.positive, s.score))
     assert prepared == list(zip(ev.text1, ev.text2, ev.values, strict=True))
+
+
+def test_clustering_and_reranking_task_args():
+    r = parse_task_arg("sfr=reranking:../shared/data/scifact:dev")
+    assert (r.kind, r.path, r.split, r.eval_split, r.from_beir) == (
+        "reranking", "../shared/data/scifact", "dev", "dev", True)
+    f = parse_task_arg("rr=reranking:runs/rr.jsonl")
+    assert (f.from_beir, f.eval_split) == (False, "test")
+    c = parse_task_arg("b77=clustering:../shared/data/banking77/train.csv")
+    assert (c.kind, c.is_local, c.eval_split) == ("clustering", True, "test")
+
+
+def test_read_clustering_skips_bad_rows_by_name_and_needs_two_labels(tmp_path):
+    f = tmp_path / "intents.csv"
+    f.write_text("text,category\n" + "".join(f"text {i},l{i % 3}\n" for i in range(30))
+                 + ",l1\nlonely,\n")
+    spec = TaskSpec(name="c", kind="clustering", path=str(f), limit=12)
+    d = readers.read_clustering(spec)
+    assert len(d.texts) == len(d.labels) == 12 and set(d.labels) <= {"l0", "l1", "l2"}
+    assert d == readers.read_clustering(spec)  # seeded draw
+    assert d.texts != readers.read_clustering(spec.model_copy(update={"seed": 7})).texts
+    full = readers.read_clustering(spec.model_copy(update={"limit": None}))
+    assert (full.stats.kept, full.stats.skipped) == (30, 2)
+    assert full.stats.examples == [f"{f} row 31: empty field 'text'",
+                                   f"{f} row 32: empty field 'label'"]
+    one = tmp_path / "one.csv"
+    one.write_text("text,category\na,x\nb,x\n")
+    with pytest.raises(ConfigError, match="at least 2 labels"):
+        readers.read_clustering(TaskSpec(name="c", kind="clustering", path=str(one)))
+
+
+def test_read_reranking_jsonl_rows_and_bad_rows(tmp_path):
+    f = tmp_path / "rr.jsonl"
+    f.write_text("\n".join([
+        json.dumps({"query": "q a", "positives": ["pa"], "candidates": ["x", "y"]}),
+        json.dumps({"query": "q b", "positive": "pb", "negative": ["x", "z"]}),
+        "{not json",
+        json.dumps({"query": "q c", "positives": "pc", "candidates": [1, 2]}),
+        json.dumps({"query": "", "positives": ["p"], "candidates": ["x"]}),
+        json.dumps({"query": "q d", "positives": [], "candidates": ["x"]}),
+        json.dumps({"query": "q e", "positives": ["pe"]}),
+    ]) + "\n")
+    data = readers.read_reranking(TaskSpec(name="r", kind="reranking", path=str(f)))
+    assert data.queries == {"q1": "q a", "q2": "q b"}
+    text = {d["id"]: d["text"] for d in data.corpus}
+    # a positive missing from the candidates is added; a text shared by queries is one doc
+    assert [text[d] for d in data.candidates["q1"]] == ["x", "y", "pa"]
+    assert [text[d] for d in data.candidates["q2"]] == ["x", "z", "pb"]
+    assert {text[d] for d in data.relevant["q1"]} == {"pa"} and len(text) == 5
+    assert data.stats.skipped == 5
+    assert data.stats.examples[0].startswith(f"{f} line 3: invalid JSON")
+    assert data.stats.examples[1:] == [
+        f"{f} line 4: field 'candidates' must be a list of strings, holds int 1",
+        f"{f} line 5: field 'query' must be a non-empty string",
+        f"{f} line 6: field 'positives' is empty: a query needs a relevant text",
+        f"{f} line 7: field 'candidates': nothing to rank the positives against"]
+    one = readers.read_reranking(TaskSpec(name="r", kind="reranking", path=str(f), limit=1))
+    assert len(one.queries) == 1 and {d["id"] for d in one.corpus} == set(
+        next(iter(one.candidates.values())))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q"}\n')
+    with pytest.raises(ConfigError, match=r"no usable reranking row .*line 1: field 'positives'"):
+        readers.read_reranking(TaskSpec(name="r", kind="reranking", path=str(bad)))
+
+
+def test_reranking_from_beir_is_seeded_per_query(tmp_path):
+    spec = TaskSpec(name="r", kind="reranking", path=str(_beir(tmp_path)), split="dev", depth=5)
+    data = readers.read_reranking(spec)
+    assert sorted(data.queries) == ["q0", "q1"]
+    assert {"d10", "d11"} <= set(data.candidates["q0"]) and len(data.candidates["q0"]) == 7
+    assert "d40" in data.candidates["q1"] and len(data.candidates["q1"]) == 6
+    assert data.relevant == {"q0": {"d10": 1, "d11": 1}, "q1": {"d40": 1}}
+    assert {d["id"] for d in data.corpus} == set(data.candidates["q0"]) | set(data.candidates["q1"])
+    assert data == readers.read_reranking(spec)
+    assert data.candidates != readers.read_reranking(spec.model_copy(update={"seed": 5})).candidates
+    # a query's list depends only on (seed, query id): fewer queries rank the same lists
+    one = readers.read_reranking(spec.model_copy(update={"limit": 1}))
+    [(qid, cands)] = one.candidates.items()
+    assert cands == data.candidates[qid]

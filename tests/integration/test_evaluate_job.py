@@ -235,3 +235,56 @@ def test_dims_scores_every_size_and_the_gate_uses_the_full_one(job, tiny_qwen: s
 
     with pytest.raises(ConfigError, match="more than the model's embedding size 64"):
         job.main([*args, "--output", str(tmp_path / "big"), "--dims", "128"])
+
+
+RERANK_ROWS = [
+    ("How do I reset my password?", ["Steps to reset a forgotten account password"],
+     ["Opening hours of the downtown branch", "Our mortgage interest rates for 2024",
+      "How to order a replacement debit card"]),
+    ("Where can I see my card's PIN?", ["Finding the PIN code of your bank card in the app"],
+     ["Recipes for a quick vegetarian dinner", "Steps to reset a forgotten account password",
+      "Opening hours of the downtown branch"]),
+    ("Exchange rate for euro to dollar", ["Today's EUR to USD currency conversion rate"],
+     ["How to order a replacement debit card", "Recipes for a quick vegetarian dinner",
+      "Our mortgage interest rates for 2024"]),
+]
+
+
+def _local_kind_args(data: Path, tmp: Path) -> list[str]:
+    rr = tmp / "rerank.jsonl"
+    rr.write_text("".join(json.dumps({"query": q, "positives": p, "candidates": c}) + "\n"
+                          for q, p, c in RERANK_ROWS))
+    return ["--task", f"b77=clustering:{data / 'banking77' / 'train.csv'}",
+            "--option", "b77.limit=400",
+            "--task", f"sfr=reranking:{data / 'scifact'}:dev",
+            "--option", "sfr.limit=30", "--option", "sfr.depth=10",
+            "--task", f"rr=reranking:{rr}"]
+
+
+def test_clustering_and_reranking_kinds_score_report_and_gate(job, tiny_qwen: str, shared_data,
+                                                              tmp_path, capsys):
+    """Real mteb runs of both kinds: MiniLM scores them well, report.md has their Mean(TaskType)
+    columns, and a random tiny model fails the gate on them against MiniLM."""
+    args = _local_kind_args(shared_data, tmp_path)
+    base = tmp_path / "minilm"
+    assert job.main(["--encoder.model", _minilm(), "--output", str(base), "--no-instructions",
+                     *args]) == 0
+    doc = json.loads((base / "scores.json").read_text())
+    tasks = doc["tasks"]
+    print({k: (v["main_metric"], round(v["main_score"], 4)) for k, v in tasks.items()})
+    assert tasks["b77"]["main_metric"] == "v_measure" and tasks["b77"]["type"] == "Clustering"
+    assert 0.5 < tasks["b77"]["main_score"] < 1.0
+    assert tasks["sfr"]["main_metric"] == "map_at_1000" and tasks["sfr"]["type"] == "Reranking"
+    assert tasks["sfr"]["main_score"] > 0.8  # positives among 10 random abstracts
+    assert tasks["rr"]["main_score"] == pytest.approx(1.0)  # each positive is the obvious one
+    assert set(doc["type_means"]) == {"Clustering", "Reranking"}
+    md = (base / "report.md").read_text()
+    assert {"## Clustering", "## Reranking"} <= set(md.splitlines())
+    assert "| Clustering | Reranking |" in md  # the Mean(TaskType) table's columns
+
+    capsys.readouterr()
+    assert job.main(["--encoder.model", tiny_qwen, "--output", str(tmp_path / "tiny"), *args,
+                     "--baseline", str(base)]) == 1
+    err = capsys.readouterr().err
+    for task in ("b77", "sfr"):
+        assert f"[gate]   {task}: " in err

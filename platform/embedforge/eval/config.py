@@ -18,9 +18,10 @@ class EvalConfig(JobConfig):
     """Score a model with mteb on hub benchmarks or local tasks; gate against a baseline.
 
     Local tasks: --task NAME=KIND:PATH[:SPLIT] (repeatable), KIND one of beir, sts,
-    classification, pair; per-task options (limit, max_corpus, seed, language, instruction,
-    columns, map, header, delimiter, score_range, test_file, test_fraction, samples_per_label,
-    n_experiments): --option NAME.KEY=VALUE. Hub (needs network): --benchmark "MTEB(eng, v2)",
+    classification, pair, clustering, reranking; per-task options (limit, max_corpus, seed,
+    language, instruction, columns, map, header, delimiter, score_range, test_file,
+    test_fraction, samples_per_label, n_experiments, cluster_size, depth):
+    --option NAME.KEY=VALUE. Hub (needs network): --benchmark "MTEB(eng, v2)",
     --mteb-task STSBenchmark. Writes results/ (mteb JSON), scores.json, report.md, chart.png;
     exits 1 when a task fails or drops below --baseline by more than --tolerance.
     """

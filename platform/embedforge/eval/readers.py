@@ -1,4 +1,5 @@
-"""Read local evaluation files into plain rows: BEIR folders, STS / pair files, classification.
+"""Read local evaluation files into plain rows: BEIR folders, STS / pair files, classification,
+clustering and reranking.
 
 Pure Python (no mteb, no torch): tests check the capping and splitting rules in milliseconds,
 and :mod:`embedforge.eval.tasks` only wraps the result in mteb datasets. Every sample and split
@@ -56,7 +57,7 @@ def check_spec(spec: TaskSpec) -> None:
     """Fail fast, naming the task, when a local task's files are missing (before any model load)."""
     if not spec.is_local:
         return
-    if spec.kind == "beir":
+    if spec.from_beir:
         base = spec.path.rstrip("/")
         for part in ("corpus.jsonl", "queries.jsonl", f"qrels/{spec.eval_split}.tsv"):
             if not _exists(f"{base}/{part}"):
@@ -284,17 +285,19 @@ class ClassificationSplits:
     stats: ReadStats
 
 
-def _text_label(rows: list[dict[str, Any]], spec: TaskSpec, stats: ReadStats) -> list[tuple[str, str]]:
+def _text_label(rows: list[dict[str, Any]], spec: TaskSpec, stats: ReadStats,
+                path: str = "") -> list[tuple[str, str]]:
     out = []
+    where = f"{path} row" if path else "row"
     for i, row in enumerate(rows, start=1):
         kt = _role_key(row, "text", spec, 0)
         kl = _role_key(row, "label", spec, 1)
         if not (kt and kl) or kt not in row or kl not in row:
-            stats.skip(f"row {i}", "missing text/label")
+            stats.skip(f"{where} {i}", "missing field text/label")
             continue
         text, label = str(row[kt] or "").strip(), str(row[kl] if row[kl] is not None else "").strip()
         if not text or not label:
-            stats.skip(f"row {i}", "empty text or label")
+            stats.skip(f"{where} {i}", f"empty field {'text' if not text else 'label'!r}")
             continue
         out.append((text, label))
     return out
@@ -343,3 +346,146 @@ def read_classification(spec: TaskSpec) -> ClassificationSplits:
                           f"{len(train)} / {len(test)} from {spec.path} ({stats.skipped} skipped)")
     return ClassificationSplits([t for t, _ in train], [lab for _, lab in train],
                                 [t for t, _ in test], [lab for _, lab in test], stats)
+
+
+# --- clustering -------------------------------------------------------------------------------
+
+@dataclass
+class ClusteringRows:
+    texts: list[str]
+    labels: list[str]
+    stats: ReadStats
+
+
+def read_clustering(spec: TaskSpec) -> ClusteringRows:
+    """(text, label) rows of PATH, read like a classification file; ``limit`` is a seeded draw.
+
+    No split: clustering scores how well the embeddings group texts of one label together,
+    nothing is trained.
+    """
+    stats = ReadStats()
+    items = _seeded_sample(_text_label(read_rows(spec.path, spec), spec, stats, spec.path),
+                           spec.limit, spec.seed)
+    stats.kept = len(items)
+    if len({lab for _, lab in items}) < 2:
+        raise ConfigError(f"task {spec.name!r}: clustering needs texts of at least 2 labels in "
+                          f"{spec.path}, got {len(items)} rows ({stats.skipped} skipped, e.g. "
+                          f"{stats.examples[:2]})")
+    return ClusteringRows([t for t, _ in items], [lab for _, lab in items], stats)
+
+
+# --- reranking --------------------------------------------------------------------------------
+
+@dataclass
+class RerankingSplit:
+    """Queries, the union of their candidates as the corpus, qrels and each query's candidates."""
+
+    queries: dict[str, str]
+    corpus: list[dict[str, str]]  # {"id", "title", "text"}
+    relevant: dict[str, dict[str, int]]
+    candidates: dict[str, list[str]]
+    stats: ReadStats = field(default_factory=ReadStats)
+
+
+def _text_list(row: dict[str, Any], key: str) -> list[str] | str:
+    """A list of non-empty strings under ``key`` (a single string counts as one), else why not."""
+    value = row.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return f"field {key!r} must be a list of strings, got {type(value).__name__}"
+    wrong = next((v for v in value if not isinstance(v, str)), None)
+    if wrong is not None or any(v is None for v in value):
+        return f"field {key!r} must be a list of strings, holds {type(wrong).__name__} {wrong!r}"
+    return [v.strip() for v in value if v.strip()]
+
+
+def read_reranking(spec: TaskSpec) -> RerankingSplit:
+    """A reranking task from a JSONL file or from a BEIR folder (see :func:`beir_reranking`).
+
+    File rows: ``{"query": str, "positives": [str], "candidates": [str]}`` (``positive`` /
+    ``negatives`` / ``negative`` are accepted too, mteb's own reranking layout). Candidates are
+    the texts to rank; positives missing from them are added, so every positive is rankable.
+    Texts become documents by content: a text shared by two queries is one document.
+    """
+    if spec.from_beir:
+        return beir_reranking(spec)
+    stats = ReadStats()
+    queries: dict[str, str] = {}
+    relevant: dict[str, dict[str, int]] = {}
+    candidates: dict[str, list[str]] = {}
+    doc_ids: dict[str, str] = {}
+    for rec in eio.iter_records(eio.FileUnit(spec.path)):
+        where = f"{spec.path} line {rec.line}"
+        if rec.data is None:
+            stats.skip(where, rec.error or "unreadable row")
+            continue
+        query = rec.data.get("query")
+        if not isinstance(query, str) or not query.strip():
+            stats.skip(where, "field 'query' must be a non-empty string")
+            continue
+        pos = _text_list(rec.data, "positives" if "positives" in rec.data else "positive")
+        cand_key = next((k for k in ("candidates", "negatives", "negative") if k in rec.data),
+                        "candidates")
+        cands = _text_list(rec.data, cand_key)
+        if isinstance(pos, str) or isinstance(cands, str):
+            stats.skip(where, pos if isinstance(pos, str) else str(cands))
+            continue
+        if not pos:
+            stats.skip(where, "field 'positives' is empty: a query needs a relevant text")
+            continue
+        ranked = list(dict.fromkeys([*cands, *pos]))
+        if len(ranked) < 2:
+            stats.skip(where, f"field {cand_key!r}: nothing to rank the positives against")
+            continue
+        qid = f"q{rec.line}"
+        queries[qid] = query.strip()
+        ids = [doc_ids.setdefault(t, f"d{len(doc_ids)}") for t in ranked]
+        candidates[qid] = ids
+        relevant[qid] = {doc_ids[t]: 1 for t in pos}
+    keep = _seeded_sample(sorted(queries, key=lambda q: int(q[1:])), spec.limit, spec.seed)
+    stats.kept = len(keep)
+    if not keep:
+        raise ConfigError(f"task {spec.name!r}: no usable reranking row in {spec.path} "
+                          f"({stats.skipped} skipped, e.g. {stats.examples[:2]})")
+    used = {d for q in keep for d in candidates[q]}
+    corpus = [{"id": d, "title": "", "text": t} for t, d in doc_ids.items() if d in used]
+    return RerankingSplit({q: queries[q] for q in keep}, corpus,
+                          {q: relevant[q] for q in keep}, {q: candidates[q] for q in keep}, stats)
+
+
+def beir_reranking(spec: TaskSpec) -> RerankingSplit:
+    """Reranking derived from a BEIR folder: each query ranks its positives plus ``depth``
+    other corpus documents drawn at random, seeded by (seed, query id).
+
+    Random, not BM25, candidates: no lexical retriever to install or tune, and the draw depends
+    only on the files, the seed and the query id, so a baseline and a candidate model (and a
+    rerun with more queries) rank exactly the same lists. Easier than BM25 negatives, so scores
+    sit above mteb's reranking tasks of the same data; compare runs with each other.
+    """
+    data = read_beir(spec.model_copy(update={"max_corpus": None}))
+    all_ids = [d["id"] for d in data.corpus]
+    docs = {d["id"]: d for d in data.corpus}
+    candidates: dict[str, list[str]] = {}
+    relevant: dict[str, dict[str, int]] = {}
+    for qid, rels in data.relevant.items():
+        pos = [d for d, s in rels.items() if s > 0 and d in docs]
+        if not pos:
+            continue
+        pos_set = set(pos)
+        rng = random.Random(f"{spec.seed}:{qid}")
+        others: list[str] = []
+        for i in rng.sample(range(len(all_ids)), min(len(all_ids), spec.depth + len(pos))):
+            if all_ids[i] not in pos_set and len(others) < spec.depth:
+                others.append(all_ids[i])
+        candidates[qid] = sorted(pos + others)
+        relevant[qid] = {d: rels[d] for d in pos}
+    if not candidates:
+        raise ConfigError(f"task {spec.name!r}: no query of {spec.path} has a relevant document "
+                          f"in its corpus")
+    used = {d for ids in candidates.values() for d in ids}
+    corpus = [docs[d] for d in all_ids if d in used]
+    return RerankingSplit({q: data.queries[q] for q in candidates}, corpus, relevant, candidates,
+                          ReadStats(kept=len(candidates)))

@@ -15,19 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import parse_range, safe_name
 
-TaskKind = Literal["beir", "sts", "classification", "pair", "mteb"]
-LOCAL_KINDS: tuple[str, ...] = ("beir", "sts", "classification", "pair")
+TaskKind = Literal["beir", "sts", "classification", "pair", "clustering", "reranking", "mteb"]
+LOCAL_KINDS: tuple[str, ...] = ("beir", "sts", "classification", "pair", "clustering", "reranking")
 
 # mteb task type and main metric of each local kind (the metric mteb's own tasks of that type
 # report as main_score, so local and hub scores sit in the same columns)
 KIND_TYPE: dict[str, str] = {
     "beir": "Retrieval", "sts": "STS", "classification": "Classification",
-    "pair": "PairClassification",
+    "pair": "PairClassification", "clustering": "Clustering", "reranking": "Reranking",
 }
 KIND_MAIN_SCORE: dict[str, str] = {
     "beir": "ndcg_at_10", "sts": "cosine_spearman", "classification": "accuracy",
-    "pair": "max_ap",
+    "pair": "max_ap", "clustering": "v_measure", "reranking": "map_at_1000",
 }
+# kinds whose PATH may be a BEIR folder, so ``NAME=KIND:PATH:SPLIT`` names a qrels split
+SPLIT_KINDS = ("beir", "reranking")
 
 
 class TaskSpec(BaseModel):
@@ -41,7 +43,8 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="task name in results, reports and the gate")
-    kind: TaskKind = Field(description="beir | sts | classification | pair | mteb")
+    kind: TaskKind = Field(
+        description="beir | sts | classification | pair | clustering | reranking | mteb")
     path: str = Field(description="file or BEIR folder (local path or fsspec URI); mteb: task name")
     split: str | None = Field(None, description="BEIR qrels split (default test)")
     benchmark: str | None = Field(
@@ -66,7 +69,14 @@ class TaskSpec(BaseModel):
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="classification: stratified test share when one file")
     samples_per_label: int = Field(8, ge=1, description="classification: mteb's k-shot train size")
-    n_experiments: int = Field(10, ge=1, description="classification: mteb's repeated fits")
+    n_experiments: int = Field(
+        10, ge=1, description="classification: mteb's repeated fits; clustering: k-means runs")
+    cluster_size: int | None = Field(
+        None, ge=2, description="clustering: texts per k-means run, a seeded bootstrap draw "
+                                "(default: as many as the task has)")
+    depth: int = Field(
+        20, ge=1, description="reranking from a BEIR folder: random other corpus docs added to "
+                              "each query's positives as its candidates (seeded per query)")
 
     @field_validator("name")
     @classmethod
@@ -83,8 +93,15 @@ class TaskSpec(BaseModel):
         return self.kind in LOCAL_KINDS
 
     @property
+    def from_beir(self) -> bool:
+        """BEIR folder input: kind beir, or reranking whose PATH has no file extension."""
+        from ..io import base_ext
+
+        return self.kind == "beir" or (self.kind == "reranking" and not base_ext(self.path))
+
+    @property
     def eval_split(self) -> str:
-        return (self.split or "test") if self.kind == "beir" else "test"
+        return (self.split or "test") if self.from_beir else "test"
 
     def fingerprint(self) -> str:
         """Identifies the evaluated data (spec + file sizes/mtimes): the task's revision."""
@@ -97,7 +114,7 @@ def _file_stamps(spec: TaskSpec) -> list[Any]:
 
     stamps: list[Any] = []
     paths = [spec.path] + ([spec.test_file] if spec.test_file else [])
-    if spec.kind == "beir":
+    if spec.from_beir:
         base = spec.path.rstrip("/")
         paths = [f"{base}/corpus.jsonl", f"{base}/queries.jsonl", f"{base}/qrels/{spec.eval_split}.tsv"]
     for p in paths:
@@ -121,7 +138,7 @@ def parse_task_arg(text: str) -> TaskSpec:
     if not (sep and sep2 and name.strip() and path.strip()):
         raise ValueError(f"--task expects NAME=KIND:PATH[:SPLIT], got {text!r}")
     split = None
-    if kind.strip() == "beir":
+    if kind.strip() in SPLIT_KINDS:
         head, colon, tail = path.rpartition(":")
         if colon and head and re.fullmatch(r"[A-Za-z0-9_.\-]+", tail):
             path, split = head, tail

@@ -1,8 +1,9 @@
 """Task specs -> mteb task instances: local files as real mteb task classes, hub tasks by name.
 
 Local tasks subclass mteb's own abstract tasks (retrieval, STS, classification, pair
-classification) and only fill ``self.dataset`` from files, so nDCG@10, Spearman, accuracy and
-AP are computed by mteb itself, exactly as for the leaderboard's tasks. Data is read in
+classification, clustering; reranking is retrieval over per-query candidates, as mteb 2 runs
+its own SciDocsRR) and only fill ``self.dataset`` from files, so nDCG@10, Spearman, accuracy,
+AP, V-measure and MAP are computed by mteb itself, exactly as for the leaderboard's tasks. Data is read in
 ``load_data`` (called by ``mteb.evaluate``), i.e. on whichever Ray worker runs the task.
 """
 
@@ -26,7 +27,7 @@ def _metadata(spec: TaskSpec) -> Any:
         description=f"embedforge local {spec.kind} task from {spec.path}",
         dataset={"path": spec.path, "revision": spec.fingerprint()},
         type=KIND_TYPE[spec.kind],
-        category="t2c" if spec.kind == "classification" else "t2t",
+        category="t2c" if spec.kind in ("classification", "clustering") else "t2t",
         modalities=["text"],
         eval_splits=[spec.eval_split],
         eval_langs=[spec.language],
@@ -128,8 +129,62 @@ def _classification_class(spec: TaskSpec) -> type:
                  "n_experiments": spec.n_experiments})
 
 
+def _clustering_class(spec: TaskSpec) -> type:
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.clustering import AbsTaskClustering
+
+    def load_data(self: Any, num_proc: int | None = None, **kwargs: Any) -> None:
+        if self.data_loaded:
+            return
+        data = readers.read_clustering(spec)
+        _report(spec, data.stats)
+        labels = sorted(set(data.labels))
+        index = {lab: i for i, lab in enumerate(labels)}
+        # every read row is embedded (``limit`` already drew the rows); each of the
+        # ``n_clusters`` k-means runs clusters a seeded bootstrap draw of ``cluster_size``
+        self.max_documents_per_cluster = min(spec.cluster_size or len(data.texts),
+                                             len(data.texts))
+        self.dataset = DatasetDict({"test": Dataset.from_dict(
+            {"sentences": data.texts, "labels": [index[x] for x in data.labels]})})
+        self.data_loaded = True
+
+    return type(f"Local_{spec.name}", (AbsTaskClustering,),
+                {"metadata": _metadata(spec), "load_data": load_data,
+                 "max_fraction_of_documents_to_embed": None, "max_document_to_embed": None,
+                 "n_clusters": spec.n_experiments})
+
+
+def _reranking_class(spec: TaskSpec) -> type:
+    """mteb 2 has no reranking abstask: its reranking tasks (SciDocsRR…) are retrieval tasks
+    of type Reranking whose ``top_ranked`` lists each query's candidates; only those are
+    scored, and MAP@1000 over them is the main score."""
+    from datasets import Dataset
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+    from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+
+    def load_data(self: Any, num_proc: int | None = None, **kwargs: Any) -> None:
+        if self.data_loaded:
+            return
+        data = readers.read_reranking(spec)
+        _report(spec, data.stats)
+        log.info("task %s: %d queries, %d candidate docs", spec.name, len(data.queries),
+                 len(data.corpus))
+        split = RetrievalSplitData(
+            corpus=Dataset.from_list(data.corpus),
+            queries=Dataset.from_list([{"id": q, "text": t} for q, t in data.queries.items()]),
+            relevant_docs=data.relevant,
+            top_ranked=data.candidates,
+        )
+        self.dataset = {"default": {spec.eval_split: split}}
+        self.data_loaded = True
+
+    return type(f"Local_{spec.name}", (AbsTaskRetrieval,),
+                {"metadata": _metadata(spec), "load_data": load_data})
+
+
 BUILDERS = {"beir": _retrieval_class, "sts": _sts_class, "pair": _pair_class,
-            "classification": _classification_class}
+            "classification": _classification_class, "clustering": _clustering_class,
+            "reranking": _reranking_class}
 
 
 def build_task(spec: TaskSpec) -> Any:
