@@ -77,3 +77,53 @@ def test_merge_stage_scores_the_grid_rejects_a_tie_and_keeps_the_better_merge(ru
     assert build_evaluate(cfg, f)[0].encoder.model == want
     assert build_serve(cfg, f).encoder.model == want
     assert any("t=1: dev Mean(TaskType)" in line for line in logs)
+
+
+@pytest.mark.integration
+def test_pipeline_runs_merge_then_gates_the_choice_and_reruns_on_a_merge_change(
+        run_folder, tmp_path, monkeypatch):
+    """run_pipeline(stages=[merge, evaluate]) in a private Ray cluster: the merge choice is
+    what evaluate scores, a re-run skips both, a changed grid re-runs both, an empty grid
+    is a no-op recorded as skipped and hands stage 2 to evaluate."""
+    import shutil
+
+    import ray
+
+    from embedforge.pipeline.run import run_pipeline
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "run"
+    shutil.copytree(Path(run_folder, "train"), out / "train")
+
+    def go(grid: list[float]) -> dict:
+        logs: list[str] = []
+        data = run_pipeline(PipelineConfig.model_validate({
+            "output": str(out), "num_cpus": 1, "stages": ["merge", "evaluate"],
+            "train": {"model": {"model": "unused-base"}},
+            "merge": {"grid": grid},
+            "evaluate": {"tasks": [STS], "baseline": False, "on_regression": "warn"}}),
+            log=logs.append)
+        data["logs"] = logs
+        return data
+
+    def status(data: dict) -> dict[str, str]:
+        return {k: v["status"] for k, v in data["stages"].items()}
+
+    first = go([1.0, 0.0])
+    assert status(first) == {"merge": "ran", "evaluate": "ran"}
+    assert first["stages"]["evaluate"]["config"][0]["encoder"]["model"] == str(out / "merge" / "t0")
+    assert any("t=0 chosen: " in line for line in first["logs"])  # the stage table
+    ev = first["stages"]["evaluate"]["summary"]["after"]["sts"]
+    assert ev == pytest.approx(first["stages"]["merge"]["summary"]["grid"]["0"])
+    assert status(go([1.0, 0.0])) == {"merge": "skipped", "evaluate": "skipped"}
+    kept = go([1.0])
+    assert status(kept) == {"merge": "ran", "evaluate": "ran"}
+    assert not (out / "merge" / "t0").exists()  # the re-run started from a clean merge folder
+    assert kept["stages"]["evaluate"]["config"][0]["encoder"]["model"] == \
+        str(out / "train" / "stage2" / "model")
+    off = go([])
+    assert status(off) == {"merge": "skipped", "evaluate": "ran"}
+    assert off["stages"]["merge"]["summary"]["skipped"] == "no grid"
+    assert any("skipped (no grid)" in line for line in off["logs"])
