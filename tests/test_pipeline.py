@@ -220,6 +220,12 @@ def test_evaluate_and_serve_use_the_merge_choice_and_a_merge_change_changes_keys
     eio.write_json({"model": f"{f.merge}/t0.5", "t": 0.5}, f"{f.merge}/choice.json")
     assert build_evaluate(c, f)[0].encoder.model == f"{f.merge}/t0.5"
     assert build_serve(c, f).encoder.model == f"{f.merge}/t0.5"
+    # a run that retrains without re-merging would gate and serve a stale choice
+    stale = cfg(tmp_path, merge={"grid": [0.5]}, stages=["train2", "evaluate", "serve"])
+    with pytest.raises(ConfigError, match="add merge to --stages"):
+        build_evaluate(stale, f)
+    only_eval = cfg(tmp_path, merge={"grid": [0.5]}, stages=["evaluate"])
+    assert build_evaluate(only_eval, f)[0].encoder.model == f"{f.merge}/t0.5"
     # no grid: the merge folder is not consulted, stage 2 is the model
     assert build_evaluate(cfg(tmp_path), f)[0].encoder.model == f"{f.train}/stage2/model"
     k = stage_key({"stage": build_merge(c, f).model_dump(mode="json")}, ["t1", "t2"])

@@ -363,6 +363,10 @@ def build_evaluate(cfg: PipelineConfig, f: Folders) -> tuple[Any, Any | None]:
 def _planned_model(cfg: PipelineConfig, f: Folders) -> str:
     """The model evaluate/serve will use: the merge stage's choice when a grid is configured,
     else stage 2's when this run trains it, else the newest."""
+    if cfg.merge.grid and "merge" not in cfg.stages and {"train1", "train2"} & set(cfg.stages):
+        # an earlier choice was made between the models this run replaces: stale
+        raise ConfigError("merge.grid is set and this run trains: add merge to --stages (or "
+                          "empty merge.grid) so the model evaluated and served is chosen anew")
     if cfg.merge.grid and ("merge" in cfg.stages or eio.exists(f.merge)):
         choice = eio.join(f.merge, "choice.json")
         if not eio.exists(choice):
