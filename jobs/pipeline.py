@@ -1,5 +1,5 @@
-"""Pipeline: prepare -> synthesize -> mine -> train stage 1 -> train stage 2 -> evaluate (gate)
--> serve, as one resumable job.
+"""Pipeline: prepare -> synthesize -> mine -> train stage 1 -> train stage 2 -> merge (optional
+grid of t, best on dev tasks) -> evaluate (gate) -> serve, as one resumable job.
 
     python jobs/pipeline.py --config jobs/configs/demo.yaml            # what `make demo` runs
     python jobs/pipeline.py --config my.yaml --stages train1,train2,evaluate --force train2

@@ -139,3 +139,95 @@ def test_a_rerun_clears_only_stage_folders_the_stage_owns(tmp_path):
         remove_owned(DEFS["prepare"].outputs(f)[0], root, stage)
     assert (tmp_path / "run" / "prepared" / "mine.jsonl").exists()
     assert all(d.owner is not None for n, d in DEFS.items() if d.outputs(f))
+
+
+# ---------------------------------------------------------------- merge grid
+
+def test_a_merge_must_strictly_beat_stage2_and_ties_go_to_grid_order():
+    from embedforge.pipeline.selection import choose_t
+
+    assert choose_t(0.70, {}) is None
+    assert choose_t(0.70, {0.5: 0.70}) is None  # a tie keeps stage 2
+    assert choose_t(0.70, {0.25: 0.69, 0.5: 0.71, 0.75: 0.705}) == 0.5
+    assert choose_t(0.70, {0.75: 0.72, 0.25: 0.72}) == 0.75  # first in grid order
+    assert choose_t(0.70, {0.25: float("nan"), 0.5: None, 0.75: 0.7001}) == 0.75
+    assert choose_t(0.70, {0.25: float("nan")}) is None  # a failed merge never wins
+    with pytest.raises(ValueError, match="stage 2 has no usable dev score"):
+        choose_t(float("nan"), {0.5: 0.9})
+
+
+def test_merge_line_in_the_stage_table():
+    from embedforge.pipeline.selection import describe_choice
+
+    assert describe_choice({"skipped": "no grid"}) == "skipped (no grid)"
+    won = {"stage2": 0.705, "grid": {"0.25": 0.7, "0.5": 0.712}, "t": 0.5}
+    assert describe_choice(won) == "t=0.5 chosen: 0.7120 vs stage2 0.7050"
+    kept = {"stage2": 0.705, "grid": {"0.25": 0.7, "0.5": None}, "t": None}
+    assert describe_choice(kept) == "stage2 kept: 0.7050 (best merge t=0.25 0.7000)"
+    table = summary_table({"status": "finished", "stages": {
+        "merge": {"status": "ran", "seconds": 9, "summary": won}}})
+    assert "merge       ran" in table and "t=0.5 chosen: 0.7120 vs stage2 0.7050" in table
+
+
+def test_merge_section_is_off_by_default_and_sits_between_train2_and_evaluate(tmp_path):
+    from embedforge.pipeline.config import STAGES
+
+    assert STAGES.index("train2") + 1 == STAGES.index("merge") == STAGES.index("evaluate") - 1
+    assert DEFS["merge"].upstream == ("train1", "train2")
+    assert "merge" in DEFS["evaluate"].upstream and "merge" in DEFS["serve"].upstream
+    c = cfg(tmp_path)
+    assert c.merge.grid == [] and c.merge.method == "slerp"
+    f = Folders(c.output)
+    from embedforge.pipeline.stages import build_merge
+
+    plan = build_merge(c, f)
+    assert plan.dev is None and plan.a == f"{f.train}/stage1/model"
+    assert plan.b == f"{f.train}/stage2/model"
+    with pytest.raises(Exception, match=r"every t must be in \[0, 1\]"):
+        cfg(tmp_path, merge={"grid": [0.5, 1.5]})
+    assert cfg(tmp_path, merge={"grid": [0.75, 0.25, 0.75]}).merge.grid == [0.75, 0.25]
+
+
+def test_merge_dev_tasks_default_to_evaluate_and_drop_its_dims(tmp_path):
+    from embedforge.pipeline.stages import build_merge
+
+    c = cfg(tmp_path, merge={"grid": [0.5]},
+            evaluate={"tasks": ["sts=sts:platform/embedforge/sample_data/eval/sts-test.tsv"],
+                      "options": {"sts": {"limit": 5}}, "extra": {"dims": [64, 128]}})
+    f = Folders(c.output)
+    plan = build_merge(c, f)
+    assert [t.name for t in plan.dev.tasks] == ["sts"] and plan.dev.tasks[0].limit == 5
+    assert plan.dev.dims is None and plan.dev.baseline is None
+    assert plan.dev.output == f"{f.merge}/eval/stage2" and not plan.dev.tracking.enabled
+    # evaluate's extra reaches EvalConfig as is: Matryoshka sizes for the gated evaluation
+    after, base = build_evaluate(c.model_copy(update={"merge": cfg(tmp_path).merge}), f)
+    assert after.dims == [64, 128] and base.dims == [64, 128]
+    own = cfg(tmp_path, merge={"grid": [0.5], "tasks": ["dev=sts:x.tsv"], "extra": {"dims": [32]}})
+    plan = build_merge(own, f)
+    assert [t.name for t in plan.dev.tasks] == ["dev"] and plan.dev.dims == [32]
+    with pytest.raises(ConfigError, match="'merge' needs dev tasks"):
+        build_merge(cfg(tmp_path, merge={"grid": [0.5]}, evaluate={"tasks": []}), f)
+
+
+def test_evaluate_and_serve_use_the_merge_choice_and_a_merge_change_changes_keys(tmp_path):
+    from embedforge import io as eio
+    from embedforge.pipeline.stages import build_merge, build_serve
+
+    c = cfg(tmp_path, merge={"grid": [0.5]})
+    f = Folders(c.output)
+    with pytest.raises(ConfigError, match="run merge first"):
+        build_evaluate(c, f)
+    eio.write_json({"model": f"{f.merge}/t0.5", "t": 0.5}, f"{f.merge}/choice.json")
+    assert build_evaluate(c, f)[0].encoder.model == f"{f.merge}/t0.5"
+    assert build_serve(c, f).encoder.model == f"{f.merge}/t0.5"
+    # a run that retrains without re-merging would gate and serve a stale choice
+    stale = cfg(tmp_path, merge={"grid": [0.5]}, stages=["train2", "evaluate", "serve"])
+    with pytest.raises(ConfigError, match="add merge to --stages"):
+        build_evaluate(stale, f)
+    only_eval = cfg(tmp_path, merge={"grid": [0.5]}, stages=["evaluate"])
+    assert build_evaluate(only_eval, f)[0].encoder.model == f"{f.merge}/t0.5"
+    # no grid: the merge folder is not consulted, stage 2 is the model
+    assert build_evaluate(cfg(tmp_path), f)[0].encoder.model == f"{f.train}/stage2/model"
+    k = stage_key({"stage": build_merge(c, f).model_dump(mode="json")}, ["t1", "t2"])
+    other = cfg(tmp_path, merge={"grid": [0.5], "method": "linear"})
+    assert k != stage_key({"stage": build_merge(other, f).model_dump(mode="json")}, ["t1", "t2"])

@@ -15,8 +15,10 @@ from pydantic import Field, field_validator
 from ..config import ConfigSection, JobConfig
 from ..tracking import TrackingSettings
 
-StageName = Literal["prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve"]
-STAGES: tuple[str, ...] = ("prepare", "synthesize", "mine", "train1", "train2", "evaluate", "serve")
+StageName = Literal["prepare", "synthesize", "mine", "train1", "train2", "merge", "evaluate",
+                    "serve"]
+STAGES: tuple[str, ...] = ("prepare", "synthesize", "mine", "train1", "train2", "merge", "evaluate",
+                           "serve")
 
 
 class EvaluateSection(ConfigSection):
@@ -34,6 +36,36 @@ class EvaluateSection(ConfigSection):
     on_regression: Literal["fail", "warn"] = Field(
         "fail", description="fail: stop before serving a model that regressed; warn: go on")
     extra: dict[str, Any] = Field(default_factory=dict, description="more EvalConfig fields")
+
+
+class MergeSection(ConfigSection):
+    """A grid of interpolations between the stage-1 and stage-2 models, scored on dev tasks.
+
+    Off (empty ``grid``) by default: each point costs a merge and an evaluation. When on, the
+    best of stage 2 and the merges on the dev tasks (Mean(TaskType)) is what evaluate gates
+    and serve deploys; stage 2 wins ties, so a merge is only chosen when it is strictly better.
+    """
+
+    method: Literal["slerp", "linear"] = Field("slerp", description="interpolation (docs/merge.md)")
+    grid: list[float] = Field(
+        default_factory=list, description="values of t to try (0: stage 1, 1: stage 2); empty: "
+                                          "no merging, stage 2 is evaluated and served")
+    tasks: list[str] = Field(
+        default_factory=list, description="dev tasks NAME=KIND:PATH[:SPLIT] that choose the model "
+                                          "(default: the evaluate section's tasks)")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-task options (default: the evaluate section's)")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="more EvalConfig fields for the dev scoring, over the "
+                                          "evaluate section's extra (its dims are dropped)")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if not 0 <= t <= 1]
+        if bad:
+            raise ValueError(f"every t must be in [0, 1], got {bad}")
+        return list(dict.fromkeys(v))  # grid order kept: it breaks ties between merges
 
 
 class ServeSection(ConfigSection):
@@ -62,6 +94,7 @@ class PipelineConfig(JobConfig):
     synthesize: dict[str, Any] = Field(default_factory=dict, description="SynthConfig fields")
     mine: dict[str, Any] = Field(default_factory=dict, description="MineConfig fields")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields")
+    merge: MergeSection = Field(default_factory=MergeSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")

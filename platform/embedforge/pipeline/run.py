@@ -15,6 +15,7 @@ from ..cluster import connect
 from ..safety import remove_owned
 from . import stages as st
 from .config import STAGES, PipelineConfig
+from .selection import describe_choice
 from .state import Manifest, is_complete, mark_complete, marker_path, read_marker, stage_key
 
 Log = Callable[[str], None]
@@ -58,12 +59,16 @@ DEFS: dict[str, StageDef] = {
         lambda f: eio.join(f.train, "stage2", "model", "modules.json"),
         lambda c, f: st.build_train(c, f, 2), lambda b, c, f, log: st.run_train_stage(b, f, log),
         lambda f: (f.train, "train")),
+    "merge": StageDef(
+        ("train1", "train2"), lambda f: [f.merge], lambda f: eio.join(f.merge, "choice.json"),
+        st.build_merge, lambda b, c, f, log: st.run_merge_stage(b, f, log),
+        lambda f: (f.merge, "merge")),
     "evaluate": StageDef(
-        ("train1", "train2"), lambda f: [f.eval], lambda f: eio.join(f.eval, "scores.json"),
+        ("train1", "train2", "merge"), lambda f: [f.eval], lambda f: eio.join(f.eval, "scores.json"),
         st.build_evaluate,
         lambda b, c, f, log: st.run_evaluate_stage(b, f, log, c.evaluate.on_regression),
         lambda f: (f.eval, "evaluate")),
-    "serve": StageDef(("train1", "train2"), lambda f: [], lambda f: None, st.build_serve,
+    "serve": StageDef(("train1", "train2", "merge"), lambda f: [], lambda f: None, st.build_serve,
                       st.run_serve_stage),
 }
 
@@ -136,11 +141,13 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                                        else "failed", round(time.time() - t0, 1), error=error)
                     raise
                 seconds = round(time.time() - t0, 1)
-                record = {**entry, "status": "ran", "seconds": seconds, "summary": summary}
+                # a stage with nothing to do (merge without a grid) says so in its status
+                status_now = "skipped" if summary.get("skipped") else "ran"
+                record = {**entry, "status": status_now, "seconds": seconds, "summary": summary}
                 manifest.record(name, record)
                 if name == _final_train_stage(cfg) and cfg.tracking.log_model:
                     srun.log_files([summary["model"]])  # the exported model, as folder "model"
-                tracking.end_stage(srun, "ran", seconds, summary)
+                tracking.end_stage(srun, status_now, seconds, summary)
                 if name != "serve":
                     mark_complete(cfg.output, name, key, {"seconds": seconds, "summary": summary})
                 if after_stage:
@@ -203,6 +210,8 @@ def _highlights(name: str, s: dict[str, Any]) -> str:
         changed = "".join(f"; {b['name']}: " + (f"batch {b['batch']}" if b["batch"] else "left out")
                           for b in s.get("batch_changes", []))
         return f"{s['steps']} steps, final loss {s['final_loss']}, {s['examples_per_s']} ex/s{changed}"
+    if name == "merge":
+        return describe_choice(s)
     if name == "evaluate":
         parts = [f"{t} {s['before'].get(t, float('nan')):.4f} -> {v:.4f}" for t, v in sorted(s["after"].items())]
         return ", ".join(parts) + ("" if s["passed"] else " (GATE FAILED)")

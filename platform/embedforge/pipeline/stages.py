@@ -2,8 +2,8 @@
 the folders of the stages before it, what marks it complete, and how it runs.
 
 Stage functions call the same library entry points as the single-stage jobs
-(``run_prepare``, ``run_synthesize``, ``run_mine``, ``run_train``, ``evaluate_and_gate``,
-``serve.run.deploy``), inside the one Ray connection the pipeline holds.
+(``run_prepare``, ``run_synthesize``, ``run_mine``, ``run_train``, ``run_merge``,
+``evaluate_and_gate``, ``serve.run.deploy``), inside the one Ray connection the pipeline holds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import io as eio
 from ..config import ConfigError, format_validation_error, load_yaml
@@ -68,6 +68,10 @@ class Folders:
     @property
     def train(self) -> str:
         return eio.join(self.root, "train")
+
+    @property
+    def merge(self) -> str:
+        return eio.join(self.root, "merge")
 
     @property
     def eval(self) -> str:
@@ -219,20 +223,128 @@ def run_train_stage(scfg: Any, f: Folders, log: Log) -> dict[str, Any]:
             "plot": eio.join(f.train, f"stage{s['stage']}", "loss.png")}
 
 
+# ---------------------------------------------------------------- merge
+
+class MergePlan(BaseModel):
+    """The merge stage's resolved config: what to interpolate, where, and how to score it.
+
+    ``dev`` is the evaluation of stage 2 on the dev tasks; each merge is scored with a copy
+    pointing at its own export and folder. None when the grid is empty (nothing to score).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    grid: list[float]
+    a: str
+    b: str
+    output: str
+    dev: Any = None
+
+
+def _task_dicts(task_args: list[str], options: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    from ..eval.spec import parse_task_arg
+
+    tasks = []
+    for arg in task_args:
+        spec = parse_task_arg(arg)
+        tasks.append({**spec.model_dump(exclude_none=True), **options.get(spec.name, {})})
+    return tasks
+
+
+def build_merge(cfg: PipelineConfig, f: Folders) -> MergePlan:
+    from ..eval.config import EvalConfig
+
+    m, ev = cfg.merge, cfg.evaluate
+    plan = MergePlan(method=m.method, grid=m.grid, a=eio.join(f.train, "stage1", "model"),
+                     b=eio.join(f.train, "stage2", "model"), output=f.merge)
+    if not m.grid:
+        return plan
+    task_args = m.tasks or ev.tasks
+    if not task_args:
+        raise ConfigError("pipeline section 'merge' needs dev tasks (merge.tasks or "
+                          "evaluate.tasks) to choose between stage 2 and the merges")
+    # the choice uses full-size scores only: Matryoshka sizes would cost time and change nothing
+    extra = {**{k: v for k, v in ev.extra.items() if k != "dims"}, **m.extra}
+    dev = compose(EvalConfig, {}, {**extra, "tasks": _task_dicts(task_args, {**ev.options,
+                                                                             **m.options}),
+                                   "encoder": {"model": plan.b}, "model_name": "stage2",
+                                   "output": eio.join(f.merge, "eval", "stage2"),
+                                   **ray_fields(cfg), **tracking_fields(cfg, enabled=False)},
+                  "merge")
+    return plan.model_copy(update={"dev": dev})
+
+
+def _t_name(t: float) -> str:
+    return f"t{t:g}"
+
+
+def run_merge_stage(plan: MergePlan, f: Folders, log: Log) -> dict[str, Any]:
+    """Merge stage 1 into stage 2 at each t, score stage 2 and every merge on the dev tasks
+    (Mean(TaskType), as the report), keep the best and write ``merge/choice.json``.
+
+    Merged exports that lose are deleted (each is a full copy of the model); their dev
+    scores stay under ``merge/eval/``. With an empty grid the stage only records that stage 2
+    is the model, so evaluate and serve read one file either way.
+    """
+    import shutil
+
+    from ..eval.job import evaluate_and_gate
+    from ..eval.report import mean_task_type
+    from ..safety import claim_output
+    from ..train.merge_job import MergeConfig, run_merge
+    from .selection import choose_t
+
+    claim_output(plan.output, "merge")
+    choice_path = eio.join(plan.output, "choice.json")
+    if not plan.grid:
+        summary = {"skipped": "no grid", "model": plan.b, "t": None}
+        eio.write_json(summary, choice_path)
+        return summary
+
+    def dev_score(model: str, name: str) -> float:
+        dev = plan.dev
+        ecfg = dev.model_copy(update={
+            "encoder": dev.encoder.model_copy(update={"model": model}), "model_name": name,
+            "output": eio.join(plan.output, "eval", name)})
+        out = evaluate_and_gate(ecfg, log)
+        log(f"[merge] {out.headline()}")
+        rs = out.run.run_scores()
+        return float("nan") if out.failed else mean_task_type(rs.scores, rs.types)
+
+    stage2 = dev_score(plan.b, "stage2")
+    if stage2 != stage2:
+        raise GateFailed(f"dev evaluation of stage 2 ({plan.b}) failed: see "
+                         f"{eio.join(plan.output, 'eval', 'stage2')}")
+    scores: dict[float, float] = {}
+    for t in plan.grid:
+        folder = eio.join(plan.output, _t_name(t))
+        run_merge(MergeConfig(method=plan.method, a=plan.a, b=plan.b, t=t, output=folder), log)
+        scores[t] = dev_score(folder, _t_name(t))
+        log(f"[merge] t={t:g}: dev Mean(TaskType) {scores[t]:.4f} (stage 2: {stage2:.4f})")
+    best = choose_t(stage2, scores)
+    model = plan.b if best is None else eio.join(plan.output, _t_name(best))
+    for t in plan.grid:
+        if t != best:
+            shutil.rmtree(eio.join(plan.output, _t_name(t)), ignore_errors=True)
+    summary = {"method": plan.method, "tasks": [t.name for t in plan.dev.tasks],
+               "stage2": stage2,
+               "grid": {f"{t:g}": (None if s != s else s) for t, s in scores.items()},
+               "t": best, "chosen": "stage2" if best is None else _t_name(best), "model": model}
+    eio.write_json(summary, choice_path)
+    return summary
+
+
 # ---------------------------------------------------------------- evaluate
 
 def build_evaluate(cfg: PipelineConfig, f: Folders) -> tuple[Any, Any | None]:
     """(trained-model config, base-model config or None)."""
     from ..eval.config import EvalConfig
-    from ..eval.spec import parse_task_arg
 
     ev = cfg.evaluate
     if not ev.tasks:
         raise ConfigError("pipeline section 'evaluate' needs tasks (NAME=KIND:PATH[:SPLIT])")
-    tasks = []
-    for arg in ev.tasks:
-        spec = parse_task_arg(arg)
-        tasks.append({**spec.model_dump(exclude_none=True), **ev.options.get(spec.name, {})})
+    tasks = _task_dicts(ev.tasks, ev.options)
     common = {**ev.extra, "tasks": tasks, "tolerance": ev.tolerance, **ray_fields(cfg),
               **tracking_fields(cfg)}
     base = None
@@ -249,7 +361,17 @@ def build_evaluate(cfg: PipelineConfig, f: Folders) -> tuple[Any, Any | None]:
 
 
 def _planned_model(cfg: PipelineConfig, f: Folders) -> str:
-    """The model evaluate/serve will use: stage 2's when this run trains it, else the newest."""
+    """The model evaluate/serve will use: the merge stage's choice when a grid is configured,
+    else stage 2's when this run trains it, else the newest."""
+    if cfg.merge.grid and "merge" not in cfg.stages and {"train1", "train2"} & set(cfg.stages):
+        # an earlier choice was made between the models this run replaces: stale
+        raise ConfigError("merge.grid is set and this run trains: add merge to --stages (or "
+                          "empty merge.grid) so the model evaluated and served is chosen anew")
+    if cfg.merge.grid and ("merge" in cfg.stages or eio.exists(f.merge)):
+        choice = eio.join(f.merge, "choice.json")
+        if not eio.exists(choice):
+            raise ConfigError(f"merge.grid is set but {choice} does not exist (run merge first)")
+        return eio.read_json(choice)["model"]
     if "train2" in cfg.stages:
         return eio.join(f.train, "stage2", "model")
     if "train1" in cfg.stages:
