@@ -23,7 +23,7 @@ from ..schema import ARROW_SCHEMA, rows_to_table
 from . import index as findex
 from .config import MineConfig
 from .embed import embed_all, load_cache, load_share, split_by_hash, text_hash
-from .select import Candidate, select
+from .select import Candidate, RandomPool, select
 
 
 class IndexShard:
@@ -155,6 +155,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
     kept_sources: Counter[str] = Counter()
     short_samples = 0
     by_id = {s["id"]: i for i, s in enumerate(retrieval)}
+    random_pool = RandomPool(corpus) if cfg.selection.top_up_random else None
     for s in samples:
         if s["kind"] != "retrieval":
             out_rows.append(s)
@@ -182,7 +183,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
                                    r + 1))
         rng = random.Random(f"{cfg.selection.seed}:{s['id']}")
         sel = select(positives_of[(s["dataset"], s["query"])], pos_score, cands, existing,
-                     cfg.selection, rng, corpus if cfg.selection.top_up_random else None)
+                     cfg.selection, rng, random_pool)
         totals.update(sel.dropped)
         kept_sources.update(sel.sources)
         short_samples += sel.short > 0
