@@ -1,8 +1,13 @@
-"""Embeddings with a content-addressed cache: (encoder fingerprint, text hash) -> vector.
+"""Embeddings with a content-addressed cache: (encoder fingerprint, dtype, text hash) -> vector.
 
 Re-mining with new queries or a grown corpus embeds only texts never seen by that encoder;
 a killed job keeps every finished part. The Ray edge is a Data actor pool (one actor per GPU
 when there are GPUs), batches sorted by length so padding stays small.
+
+At corpus scale (~10M passages × 3,584 dims) no process may read the whole cache: vectors are
+fixed-size float32/float16 lists (one flat buffer, not Python floats), each part file is
+sorted by hash with one row group per hash bucket, and index shards own hash ranges, so a
+shard picks its row groups from the footers and reads about 1/N of the cache.
 """
 
 from __future__ import annotations
