@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from embedforge.mine.select import Candidate, SelectionSettings, select, threshold
+from embedforge.mine.select import Candidate, RandomPool, SelectionSettings, select, threshold
+from embedforge.text import normalize
 
 POS = "Scout bees dance to show where the flowers are."
 
@@ -83,3 +84,39 @@ def test_filtered_window_counts_only_valid_candidates():
     raw = select([POS], 0.80, cands([0.9, 0.85, 0.5, 0.4, 0.3]), [],
                  s.model_copy(update={"window": "raw"}), random.Random(0))
     assert raw.negatives == [] and raw.short == 2
+
+
+def _old_top_up(pool: list[str], seen: set[str], k: int, rng: random.Random) -> list[str]:
+    """The per-sample filter ``select`` used before RandomPool (normalises the whole pool)."""
+    kept = [t for t in pool if normalize(t) not in seen]
+    return rng.sample(kept, min(k, len(kept)))
+
+
+def test_random_pool_draws_what_the_per_sample_filter_drew():
+    words = ["Alpha", "beta", "Gamma!", "delta", "alpha", "BETA.", "eps", "zeta", "eta", "theta"]
+    gen = random.Random(7)
+    texts = list(dict.fromkeys(f"{gen.choice(words)} {gen.choice(words)}" for _ in range(300)))
+    pool = RandomPool(texts)
+    for trial in range(200):
+        seen = {normalize(t) for t in gen.sample(texts, gen.randint(0, 12))}
+        seen.add("not in the pool at all")
+        k = gen.randint(1, 9)
+        assert pool.sample(seen, k, random.Random(trial)) == _old_top_up(texts, seen, k,
+                                                                      random.Random(trial))
+    # everything excluded, or asking for more than is left
+    assert pool.sample({normalize(t) for t in texts}, 3, random.Random(0)) == []
+    small = RandomPool(["a b", "A B!", "c"])
+    assert small.sample({"a b"}, 5, random.Random(1)) == ["c"]
+    assert pool.normalised == len(texts)  # once for the run, not once per sample
+
+
+def test_select_top_up_is_the_same_with_a_list_or_a_shared_pool():
+    few = SelectionSettings(rank_range=(1, 2), num_negatives=6, margin=1.0, top_up_random=True)
+    texts = [f"random text {i}" for i in range(40)] + [POS, "Random text 3"]
+    shared = RandomPool(texts)
+    for seed in range(20):
+        a = select([POS], 0.9, cands([0.1, 0.1]), [], few, random.Random(seed), random_pool=texts)
+        b = select([POS], 0.9, cands([0.1, 0.1]), [], few, random.Random(seed), random_pool=shared)
+        assert a.negatives == b.negatives and a.sources == b.sources
+        assert POS not in a.negatives and a.sources.count("random") == 4
+    assert shared.normalised == len(texts)

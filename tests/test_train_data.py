@@ -7,7 +7,7 @@ import pytest
 from embedforge.config import ConfigError
 from embedforge.schema import Sample, rows_to_table
 from embedforge.train.data import TrainData, materialize
-from embedforge.train.sampler import BatchPlan
+from embedforge.train.sampler import BatchPlan, canonical_order, distinct_capacity, pack_batches
 
 
 def write_samples(folder, samples):
@@ -89,3 +89,37 @@ def test_bad_rows_are_named(tmp_path):
         materialize([str(tmp_path / "in")], str(tmp_path / "data"), ("pair",))
     with pytest.raises(ConfigError, match="no unified samples"):
         materialize([str(tmp_path / "nothing")], str(tmp_path / "d2"), ("pair",))
+
+
+def test_packing_keys_are_64_bit_hashes_that_pack_like_the_texts(tmp_path):
+    samples = []
+    for i in range(30):  # shared positives, negatives and swapped pairs: real clashes
+        samples.append(Sample(dataset="docs", kind="retrieval", query=f"q{i % 17}",
+                              positive=f"d{i % 7}", negatives=[f"d{(i + 1) % 7}", f"n{i % 5}"]))
+        a, b = f"a{i % 5}", f"b{i % 3}"
+        samples.append(Sample(dataset="sts", kind="pair", query=a if i % 2 else b,
+                              positive=b if i % 2 else a, score=i % 3, meta={"range": [0, 2]}))
+        samples.append(Sample(dataset="intent", kind="classification", query=f"text {i % 11}",
+                              label=f"L{i % 3}"))
+    src = write_samples(tmp_path / "in", samples)
+    manifest = materialize([src], str(tmp_path / "data"), ("retrieval", "pair", "classification"))
+    data = TrainData(str(tmp_path / "data"), manifest, num_negatives=2)
+    for i, info in enumerate(data.infos):
+        t = data.table(i)
+        q, p = t.column("query").to_pylist(), t.column("positive").to_pylist()
+        if info.kind == "classification":
+            texts = [frozenset((x,)) for x in q]
+        elif info.kind == "pair":
+            texts = [frozenset(("\x1f".join(sorted((a, b))),)) for a, b in zip(q, p, strict=True)]
+        else:
+            texts = [frozenset((a, b, *n[:2])) for a, b, n in
+                     zip(q, p, t.column("negatives").to_pylist(), strict=True)]
+        keys = data.keys(i)
+        assert all(isinstance(k, int) and 0 <= k < 2**64 for ks in keys for k in ks)
+        assert [len(k) for k in keys] == [len(k) for k in texts]
+        assert canonical_order(keys) == canonical_order(texts)
+        assert distinct_capacity(keys) < info.size  # the fixture really clashes
+        assert distinct_capacity(keys) == distinct_capacity(texts)
+        order = canonical_order(texts)
+        for size in (2, 3, 4):
+            assert pack_batches(keys, order, size) == pack_batches(texts, order, size)

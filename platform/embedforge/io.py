@@ -455,6 +455,18 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
     fs.mv(tmp, p)
 
 
+
+def write_parquet_groups_atomic(tables: list[pa.Table], path: str, **options: Any) -> None:
+    """Like ``write_parquet_atomic``, one row group per table (readers can skip groups by
+    their statistics); ``options`` go to ``pq.ParquetWriter``."""
+    fs, p, tmp = _atomic_target(path)
+    fs.makedirs(posixpath.dirname(p), exist_ok=True)
+    with fs.open(tmp, "wb") as fh, pq.ParquetWriter(fh, tables[0].schema, **options) as writer:
+        for t in tables:
+            writer.write_table(t, row_group_size=max(1, t.num_rows))
+    fs.mv(tmp, p)
+
+
 def write_jsonl_atomic(rows: Iterable[dict[str, Any]], path: str) -> int:
     fs, p, tmp = _atomic_target(path)
     fs.makedirs(posixpath.dirname(p), exist_ok=True)

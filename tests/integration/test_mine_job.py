@@ -127,3 +127,23 @@ def test_two_nodes_two_shards_match_one_exact_index(ray_two_nodes, scifact_subse
     two = [r["negatives"] for r in eio.read_samples(str(tmp_path / "two")).to_pylist()]
     one = [r["negatives"] for r in eio.read_samples(str(tmp_path / "one")).to_pylist()]
     assert two == one and s1["index"] == s2["index"] == "Flat"
+
+
+def test_float16_cache_is_its_own_and_shards_read_their_share(ray_local, scifact_subset, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = run_mine(_cfg(scifact_subset, tmp_path / "f32", "--num-shards", "2"), log=lambda *_: None)
+    half = run_mine(_cfg(scifact_subset, tmp_path / "f16", "--num-shards", "2",
+                         "--cache-dtype", "float16"), log=lambda *_: None)
+    assert half["embedded_now"] > 500  # a float32 cache is never read as float16
+    parts = sorted((scifact_subset["root"] / "emb").glob("*-float16/part-*.parquet"))
+    assert parts and pq.read_schema(parts[0]).field("vector").type.value_type == pa.float16()
+    cached = sum(pq.read_metadata(p).num_rows for p in parts)
+    for sh in half["shards"]:  # each shard reads about half of the cache, not all of it
+        assert sh["cache_rows_read"] <= 1.1 * cached / 2
+    same = [a == b for a, b in zip(
+        [r["negatives"] for r in eio.read_samples(str(tmp_path / "f32")).to_pylist()],
+        [r["negatives"] for r in eio.read_samples(str(tmp_path / "f16")).to_pylist()], strict=True)]
+    assert sum(same) >= 0.8 * len(same)  # fp16 rounding moves only near-ties
+    assert base["corpus"] == half["corpus"]

@@ -41,5 +41,7 @@ class MineConfig(JobConfig):
     query_batch: int = Field(1024, ge=1, description="queries per search call")
     instruction: bool = Field(True, description="format queries with their dataset instruction")
     cache: str | None = Field(None, description="embedding cache folder (default OUTPUT/_embeddings)")
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="stored vector dtype (float16 halves the cache; part of its key)")
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")
     num_cpus: int | None = Field(None, description="CPUs of the local cluster when one is started")

@@ -9,11 +9,14 @@ stays *below* the positive when scores are negative.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from ..config import ConfigSection
@@ -85,14 +88,73 @@ def is_near_duplicate(text: str, positives: list[str], max_diff: float) -> bool:
     return any(n == normalize(p) or within_difference(text, p, max_diff) for p in positives)
 
 
+def _key64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class RandomPool:
+    """Corpus texts for ``top_up_random``, normalised once for every sample of a run.
+
+    Filtering the pool per short sample (``normalize`` over the whole corpus each time) cost
+    O(corpus) normalisations per sample. Here a 64-bit hash of each normalised text, sorted,
+    finds the few positions a sample must skip (its negatives and positives; verified by
+    comparing the normalised text, so a hash collision cannot exclude a wrong one), and
+    ``rng.sample`` draws positions among the rest. ``rng.sample`` picks by position from a
+    sequence of the same length in the same order as the old filtered list, so a seed gives
+    the same texts as before.
+    """
+
+    def __init__(self, texts: Sequence[str]):
+        self.texts = texts
+        self.normalised = 0  # how many texts were normalised (once each, on first use)
+        self._keys: np.ndarray | None = None
+        self._order: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def _build(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._keys is None or self._order is None:
+            keys = np.fromiter((_key64(normalize(t)) for t in self.texts), dtype=np.uint64,
+                               count=len(self.texts))
+            self.normalised += len(self.texts)
+            self._order = np.argsort(keys, kind="stable")
+            self._keys = keys[self._order]
+        return self._keys, self._order
+
+    def positions(self, key: str) -> list[int]:
+        """Positions of texts whose normalised form is ``key``."""
+        keys, order = self._build()
+        h = np.uint64(_key64(key))
+        lo, hi = np.searchsorted(keys, h, "left"), np.searchsorted(keys, h, "right")
+        return [int(i) for i in order[lo:hi] if normalize(self.texts[int(i)]) == key]
+
+    def sample(self, seen: set[str], k: int, rng: random.Random) -> list[str]:
+        """``k`` texts (fewer if the pool is smaller) whose normalised form is not in ``seen``."""
+        excluded = sorted({i for key in seen for i in self.positions(key)})
+        picks = rng.sample(range(len(self.texts) - len(excluded)),
+                           min(k, len(self.texts) - len(excluded)))
+        return [self.texts[_nth_kept(j, excluded)] for j in picks]
+
+
+def _nth_kept(j: int, excluded: list[int]) -> int:
+    """Position of the ``j``-th text not in ``excluded`` (sorted positions)."""
+    for e in excluded:
+        if e > j:
+            break
+        j += 1
+    return j
+
+
 def select(positives: list[str], positive_score: float, candidates: list[Candidate],
            existing: list[tuple[str, str, float]], s: SelectionSettings, rng: random.Random,
-           random_pool: list[str] | None = None) -> Selection:
+           random_pool: Sequence[str] | RandomPool | None = None) -> Selection:
     """Merge existing negatives (text, source, score) with mined candidates.
 
     Existing negatives scoring above the threshold are dropped as likely false negatives; the
     rest are kept and mined ones fill up to K. Samples with too few are reported (``short``),
-    topped up with random corpus texts only when asked.
+    topped up with random corpus texts only when asked (pass one ``RandomPool`` for a whole
+    run, so the corpus is normalised once).
     """
     sel = Selection(threshold=threshold(positive_score, s.margin), positive_score=positive_score)
     pos_keys = {normalize(p) for p in positives}
@@ -136,8 +198,8 @@ def select(positives: list[str], positive_score: float, candidates: list[Candida
         sel.sources += ["mined"] * len(picked)
     short = s.num_negatives - len(sel.negatives)
     if short > 0 and s.top_up_random and random_pool:
-        pool = [t for t in random_pool if normalize(t) not in seen]
-        extra = rng.sample(pool, min(short, len(pool)))
+        pool = random_pool if isinstance(random_pool, RandomPool) else RandomPool(random_pool)
+        extra = pool.sample(seen, short, rng)
         sel.negatives += extra
         sel.sources += ["random"] * len(extra)
         short -= len(extra)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import time
@@ -23,31 +22,35 @@ from ..safety import check_no_overlap, claim_output
 from ..schema import ARROW_SCHEMA, rows_to_table
 from . import index as findex
 from .config import MineConfig
-from .embed import embed_all, load_cache, text_hash
-from .select import Candidate, select
+from .embed import embed_all, load_cache, load_share, split_by_hash, text_hash
+from .select import Candidate, RandomPool, select
 
 
 class IndexShard:
-    """One corpus shard: loads its own vectors from the cache, builds and searches its index."""
+    """One corpus shard: loads its own vectors from the cache, builds and searches its index.
 
-    def __init__(self, hashes: list[str], offset: int, root: str, fp: str, factory: str,
-                 use_gpu: bool, nprobe: int):
+    ``ids`` are the corpus positions of its texts (ascending, from ``split_by_hash``); it reads
+    only the cache row groups of their hash range, so N shards read the cache about once.
+    """
+
+    def __init__(self, hashes: list[str], ids: np.ndarray, root: str, fp: str, dtype: str,
+                 factory: str, use_gpu: bool, nprobe: int):
         import ray
 
-        vecs = load_cache(root, fp, set(hashes))
-        matrix = np.stack([vecs[h] for h in hashes]).astype(np.float32)
-        self.offset = offset
+        matrix, plan = load_share(root, fp, hashes, dtype)
+        self.ids = np.asarray(ids, dtype=np.int64)
         self.index = findex.build(matrix, factory, use_gpu=use_gpu, nprobe=nprobe)
         self.node = ray.get_runtime_context().get_node_id()
         self.size = len(hashes)
+        self.rows_read = sum(p.rows for p in plan)
 
     def info(self) -> dict[str, Any]:
-        return {"node": self.node, "size": self.size, "offset": self.offset,
+        return {"node": self.node, "size": self.size, "cache_rows_read": self.rows_read,
                 "bytes": int(self.size * self.index.d * 4)}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = findex.search(self.index, queries, k)
-        return scores, np.where(ids >= 0, ids + self.offset, -1)
+        return scores, np.where(ids >= 0, self.ids[np.maximum(ids, 0)], -1)
 
 
 def load_corpus(cfg: MineConfig, samples: list[dict[str, Any]]) -> list[str]:
@@ -103,20 +106,21 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
         use_gpu = cfg.use_gpu == "yes" or (cfg.use_gpu == "auto" and gpus > 0)
         prompt_of = dict(zip(queries, query_prompts, strict=True))
         embedded = embed_all(corpus + queries + others, cfg.encoder, root, fp, cfg.embed_actors,
-                             cfg.encoder.batch_size, use_gpu, log, prompts=prompt_of)
+                             cfg.encoder.batch_size, use_gpu, log, prompts=prompt_of,
+                             dtype=cfg.cache_dtype)
         metrics.inc("embedforge_mine_embeddings_total", embedded, {"model": cfg.encoder.model[-60:]})
         hashes = [text_hash(t) for t in corpus]
-        bounds = np.linspace(0, len(hashes), cfg.num_shards + 1).astype(int)
-        per_shard = int(bounds[1] - bounds[0])
+        split = [ids for ids in split_by_hash(hashes, cfg.num_shards) if len(ids)]
+        per_shard = len(split[0])
         factory = findex.choose_factory(per_shard, 0, cfg.index, cfg.ivf_threshold, cfg.pq_m)
         Shard = ray.remote(num_cpus=0.5, num_gpus=1 if use_gpu else 0,
                            scheduling_strategy="SPREAD")(IndexShard)
-        shards = [Shard.remote(hashes[a:b], int(a), root, fp, factory, use_gpu, cfg.nprobe)
-                  for a, b in itertools.pairwise(bounds)]
+        shards = [Shard.remote([hashes[i] for i in ids], ids, root, fp, cfg.cache_dtype, factory,
+                               use_gpu, cfg.nprobe) for ids in split]
         shard_info = ray.get([s.info.remote() for s in shards])
         log(f"[mine] index {factory}: shards on {len({i['node'] for i in shard_info})} node(s), "
             f"{[i['size'] for i in shard_info]} vectors")
-        vec = load_cache(root, fp, {text_hash(t) for t in queries + others})
+        vec = load_cache(root, fp, {text_hash(t) for t in queries + others}, cfg.cache_dtype)
         qmat = np.stack([vec[text_hash(q)] for q in queries]) if queries else np.zeros((0, 1))
         all_scores, all_ids = [], []
         for start in range(0, len(queries), cfg.query_batch):
@@ -139,8 +143,8 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
             texts = queries + others + [corpus[d] for d in sorted(window)]
             rfp = encoder_fingerprint(cfg.rescore)
             embed_all(texts, cfg.rescore, root, rfp, cfg.embed_actors, cfg.rescore.batch_size,
-                      use_gpu, log, prompts=prompt_of)
-            rescore_vec = load_cache(root, rfp, {text_hash(t) for t in texts})
+                      use_gpu, log, prompts=prompt_of, dtype=cfg.cache_dtype)
+            rescore_vec = load_cache(root, rfp, {text_hash(t) for t in texts}, cfg.cache_dtype)
             log(f"[mine] rescored {len(window)} window candidates with {cfg.rescore.model}")
 
     positives_of: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -151,6 +155,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
     kept_sources: Counter[str] = Counter()
     short_samples = 0
     by_id = {s["id"]: i for i, s in enumerate(retrieval)}
+    random_pool = RandomPool(corpus) if cfg.selection.top_up_random else None
     for s in samples:
         if s["kind"] != "retrieval":
             out_rows.append(s)
@@ -178,7 +183,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
                                    r + 1))
         rng = random.Random(f"{cfg.selection.seed}:{s['id']}")
         sel = select(positives_of[(s["dataset"], s["query"])], pos_score, cands, existing,
-                     cfg.selection, rng, corpus if cfg.selection.top_up_random else None)
+                     cfg.selection, rng, random_pool)
         totals.update(sel.dropped)
         kept_sources.update(sel.sources)
         short_samples += sel.short > 0

@@ -9,11 +9,13 @@ embedding filter) -> ``samples/``, ``errors/``, ``summary.json``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -154,49 +156,83 @@ def _first_selected_ids(files: list[str], cfg: SynthConfig) -> list[str]:
     return ids
 
 
-def duplicate_ids(raw_dir: str) -> tuple[set[str], int]:
-    """Generated rows repeating (after normalisation) an earlier row of the whole output.
+GENERATED_EXCLUDED = ("original", "llm_negative")
+#: the columns an id does not cover (ids hash the sample's content, not these): copies of one
+#: id can differ only here, so this digest tells them apart
+COPY_COLUMNS = ("source", "instruction", "parent_id", "meta")
 
-    Originals are seen first so a generated row never displaces one. Reads only the text
-    columns; returns the ids to drop and the number of exact-id repeats among them.
+
+def copy_digest(row: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps([row.get(c) for c in COPY_COLUMNS], ensure_ascii=False)
+                        .encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Dedup:
+    """What the finaliser drops: every row of ``drop`` ids (they repeat an earlier row's text),
+    and every copy of a repeated id but the one whose ``copy_digest`` is ``keep_copy[id]``."""
+
+    drop: set[str] = field(default_factory=set)
+    keep_copy: dict[str, str] = field(default_factory=dict)
+    repeated: dict[str, int] = field(default_factory=dict)  # repeated id -> copies seen
+    rows_dropped: int = 0
+
+
+def duplicate_ids(raw_dir: str) -> Dedup:
+    """Generated rows repeating (after normalisation) an earlier row of the whole output, and
+    rows repeating an earlier row's exact id.
+
+    Originals are seen first so a generated row never displaces one; among generated rows the
+    smallest id wins. Of an exact id seen more than once only the later copies go (dropping by
+    id alone would drop the first copy too). Reads only the text columns, plus the copy
+    columns of repeated ids.
     """
     import pyarrow.parquet as pq
 
     files = eio.list_files(raw_dir, ".parquet")
-    cols = ["id", "kind", "query", "positive", "label", "source"]
+    cols = ["id", "kind", "query", "positive", "label", *COPY_COLUMNS]
     tables = []
     for f in files:
         fs, p = eio.fs_and_path(f)
         tables.append(pq.read_table(p, columns=cols, filesystem=fs))
+    out = Dedup()
     if not tables:
-        return set(), 0
-    table = pa.concat_tables(tables)
-    rows = table.to_pylist()
-    # originals first; among generated rows the smallest id wins, so which of two equal rows
-    # survives never depends on the order Ray Data wrote the blocks in
-    rows.sort(key=lambda r: (r["source"] not in ("original", "llm_negative"), r["id"]))
+        return out
+    rows = pa.concat_tables(tables).to_pylist()
+    counts = Counter(r["id"] for r in rows)
+    # originals first; among generated rows the smallest id wins, and among copies of one id
+    # the smallest digest, so which row survives never depends on the order Ray Data wrote
+    # the blocks in
+    rows.sort(key=lambda r: (r["source"] not in GENERATED_EXCLUDED, r["id"],
+                             copy_digest(r) if counts[r["id"]] > 1 else ""))
     seen: set[tuple[Any, ...]] = set()
-    seen_ids: set[str] = set()
-    drop: set[str] = set()
-    exact = 0
+    first_copy: dict[str, str] = {}
     for r in rows:
+        if r["id"] in first_copy:
+            out.rows_dropped += 1  # a later copy of an exact id
+            out.repeated[r["id"]] = counts[r["id"]]
+            continue
+        first_copy[r["id"]] = copy_digest(r) if counts[r["id"]] > 1 else ""
         key = (r["kind"], rules.normalize(r["query"]), rules.normalize(r["positive"]), r["label"])
-        generated = r["source"] not in ("original", "llm_negative")
-        if r["id"] in seen_ids and generated:
-            exact += 1
-            drop.add(r["id"])
-        elif key in seen and generated:
-            drop.add(r["id"])
+        if key in seen and r["source"] not in GENERATED_EXCLUDED:
+            out.drop.add(r["id"])
+            out.rows_dropped += 1
         seen.add(key)
-        seen_ids.add(r["id"])
-    return drop, exact
+    out.keep_copy = {i: first_copy[i] for i in out.repeated if i not in out.drop}
+    return out
 
 
 class Finalizer:
-    """Drops duplicates, dedups ids, and applies the optional embedding filter."""
+    """Drops duplicates, dedups ids, and applies the optional embedding filter.
 
-    def __init__(self, drop: set[str], cfg_json: str):
-        self.drop = drop
+    Runs as one actor: keeping exactly one of two byte-identical copies of an id needs the
+    ``kept`` set to see every row.
+    """
+
+    def __init__(self, dedup: Dedup, cfg_json: str):
+        self.drop = dedup.drop
+        self.keep_copy = dedup.keep_copy
+        self.kept: set[str] = set()
         self.cfg = SynthConfig.model_validate_json(cfg_json)
         self.model = None
         if self.cfg.embed_filter.model:
@@ -204,8 +240,19 @@ class Finalizer:
 
             self.model = SentenceTransformer(self.cfg.embed_filter.model, device="cpu")
 
+    def _keep(self, row: dict[str, Any]) -> bool:
+        if row["id"] in self.drop:
+            return False
+        want = self.keep_copy.get(row["id"])
+        if want is None:
+            return True
+        if row["id"] in self.kept or copy_digest(row) != want:
+            return False
+        self.kept.add(row["id"])
+        return True
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [r for r in batch.to_pylist() if r["id"] not in self.drop]
+        rows = [r for r in batch.to_pylist() if self._keep(r)]
         if self.model is not None:
             rows = self._embed_filter(rows)
         return rows_to_table(rows)
@@ -274,20 +321,20 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
     cfg_json = cfg.model_dump_json()
     with connect(cfg.ray_address, cfg.num_cpus), local_llm(cfg, log) as llm:
         try:
-            stats, drop = _generate(cfg, cfg_json, files, llm.base_url, log)
+            stats, dropped = _generate(cfg, cfg_json, files, llm.base_url, log)
         except KeyboardInterrupt:
             if llm.watch is not None and llm.watch.died is not None:
                 raise llm.watch.error() from None
             raise
     check_not_an_outage(stats, cache_root(cfg), eio.join(cfg.output, ERRORS_DIR))
     eio.remove(eio.join(cfg.output, RAW_DIR))
-    summary = _summary(cfg, stats, len(drop), time.time() - t0)
+    summary = _summary(cfg, stats, dropped, time.time() - t0)
     eio.write_json(summary, eio.join(cfg.output, "summary.json"))
     return summary
 
 
 def _generate(cfg: SynthConfig, cfg_json: str, files: list[str], base_url: str,
-              log) -> tuple[dict[str, Any], set[str]]:
+              log) -> tuple[dict[str, Any], int]:
     """Named steps: LLM actors write raw rows -> find duplicates -> finalise into samples/."""
     import ray
 
@@ -311,15 +358,18 @@ def _generate(cfg: SynthConfig, cfg_json: str, files: list[str], base_url: str,
     with _Progress(coordinator, log):
         out.write_parquet(eio.join(cfg.output, RAW_DIR))
     stats = ray.get(coordinator.stats.remote())
-    drop, _exact = duplicate_ids(eio.join(cfg.output, RAW_DIR))
-    log(f"[synthesize] dedup: {len(drop)} generated rows repeat earlier ones")
+    dedup = duplicate_ids(eio.join(cfg.output, RAW_DIR))
+    log(f"[synthesize] dedup: {len(dedup.drop)} generated rows repeat earlier ones")
+    for dup, copies in sorted(dedup.repeated.items()):
+        log(f"[synthesize] dedup: duplicate id {dup}: {copies} rows share it; kept the first, "
+            f"dropped {copies - 1}")
     final = ray.data.read_parquet(eio.join(cfg.output, RAW_DIR)).map_batches(
-        Finalizer, fn_constructor_kwargs={"drop": drop, "cfg_json": cfg_json},
+        Finalizer, fn_constructor_kwargs={"dedup": dedup, "cfg_json": cfg_json},
         compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow",
         batch_size=256, num_cpus=cfg.cpus_per_actor,
     )
     final.write_parquet(eio.join(cfg.output, SAMPLES_DIR))
-    return stats, drop
+    return stats, dedup.rows_dropped
 
 
 def check_not_an_outage(stats: dict[str, Any], cache: str, errors: str) -> None:

@@ -9,6 +9,7 @@ a batch uses, so no process ever holds the corpus in memory.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -122,6 +123,11 @@ def _groups(table: pa.Table):
         yield pair, table.filter(mask)
 
 
+def text_key(text: str) -> int:
+    """64-bit hash of a text: the batch-packing key (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 @dataclass
 class TextBatch:
     """One rank's share of a batch: raw texts plus each row's prompt (formatted instruction).
@@ -191,19 +197,26 @@ class TrainData:
             self._k[i] = min(self.k, int(pc.max(lengths).as_py() or 0))
         return self._k[i]
 
-    def keys(self, i: int) -> list[frozenset[str]]:
-        """Texts that must not repeat inside a batch, per row of dataset ``i``."""
+    def keys(self, i: int) -> list[frozenset[int]]:
+        """64-bit hashes of the texts that must not repeat inside a batch, per row of dataset ``i``.
+
+        Hashes, not the texts: every rank builds these for every dataset it samples from, and
+        sets of full passages (with K negatives each) cost more memory than the data's own
+        memory-mapped columns. Equal texts give equal hashes, so packing is unchanged; a 64-bit
+        collision would at worst keep two distinct rows out of one batch.
+        """
         t = self.table(i)
         kind = self.infos[i].kind
         q = t.column("query").to_pylist()
         if kind == "classification":
-            return [frozenset((x,)) for x in q]
+            return [frozenset((text_key(x),)) for x in q]
         p = t.column("positive").to_pylist()
         if kind == "pair":  # the swapped copy of a pair may share a batch; the same pair may not
-            return [frozenset(("\x1f".join(sorted((a, b))),)) for a, b in zip(q, p, strict=True)]
+            return [frozenset((text_key("\x1f".join(sorted((a, b)))),))
+                    for a, b in zip(q, p, strict=True)]
         negs = t.column("negatives").to_pylist()
         k = self.k_of(i)
-        return [frozenset((a, b, *n[:k])) for a, b, n in zip(q, p, negs, strict=True)]
+        return [frozenset(map(text_key, (a, b, *n[:k]))) for a, b, n in zip(q, p, negs, strict=True)]
 
     def _classes(self, i: int) -> _Classes:
         """Texts, labels and their indexes of a classification dataset, built once."""
