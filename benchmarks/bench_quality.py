@@ -34,12 +34,12 @@ import csv
 import json
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_train_quality import capped_scifact, prepare_and_mine, run, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -47,14 +47,6 @@ SCIFACT = SHARED / "scifact"
 STSB = SHARED / "stsb"
 BANKING = SHARED / "banking77"
 DIMS = (64, 128, 256)
-
-
-def run(cmd: list[str]) -> None:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{cmd[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    print(f"  {cmd[0]} {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def split_banking(out: Path, holdout: float, limit: int | None) -> tuple[Path, Path]:
@@ -142,17 +134,7 @@ def evaluate(model: str, specs: list[str], out: Path, instructions: bool,
 def train(work: Path, name: str, base: str, args: argparse.Namespace, seed: int,
           extra: list[str]) -> Path:
     out = work / f"train_{name}_{seed}"
-    run(["jobs/train.py", "--output", str(out), "--model.model", base,
-         "--model.query-max-length", "64", "--model.passage-max-length", "160",
-         "--stage1.inputs", str(work / "mined"), "--stage1.steps", str(args.stage1_steps),
-         "--stage1.lr", str(args.stage1_lr), "--stage1.warmup-steps", "5",
-         "--stage2.inputs", f"{work / 'mined'},{work / 'prep2'}",
-         "--stage2.steps", str(args.stage2_steps), "--stage2.lr", str(args.stage2_lr),
-         "--stage2.warmup-steps", "3", "--stage2.retrieval-share", str(args.retrieval_share),
-         "--batch-size.retrieval", "32", "--batch-size.pair", str(args.pair_batch),
-         "--batch-size.classification", "32", "--loss.num-negatives", "1",
-         "--loss.temperature", "0.05", "--deepspeed.zero-stage", "0", "--seed", str(seed),
-         "--checkpoint-every", "1000", "--log-every", "10", "--num-cpus", "3", *extra])
+    run([*train_command(work, out, base, args), "--seed", str(seed), *extra])
     return out
 
 
@@ -208,21 +190,10 @@ def main() -> None:
     t0 = time.perf_counter()
     scifact = SCIFACT
     if corpus_cap:  # smoke only: the real run evaluates on the full corpus
-        from bench_train_quality import capped_scifact
-
         scifact = capped_scifact(work / "scifact", corpus_cap)
     banking_train, banking_eval = split_banking(work, 0.2, banking_cap)
     rerank = reranking_file(work, base, args.rerank_depth, corpus_cap)
-    run(["jobs/prepare.py", "--source", f"scifact=beir:{scifact}:train", "--output", str(work / "prep1")])
-    run(["jobs/prepare.py",
-         "--source", f"stsb=sts:{STSB / 'sts-train.csv'}",
-         "--option", "stsb.columns=genre,file,year,id,score,text1,text2",
-         "--source", f"banking77=classification:{banking_train}",
-         "--option", f"banking77.labels={BANKING / 'categories.json'}",
-         "--output", str(work / "prep2")])
-    run(["jobs/mine.py", "--input", str(work / "prep1"), "--corpus", str(scifact),
-         "--encoder.model", base, "--selection.rank-range", "10-30", "--selection.num-negatives", "3",
-         "--output", str(work / "mined"), "--num-cpus", "2"])
+    prepare_and_mine(work, scifact, base, banking_train)
     specs = task_specs(scifact, banking_eval, rerank, dev_only=False)
     dev = task_specs(scifact, banking_eval, rerank, dev_only=True)
     # MiniLM was trained without instructions; our stages train with them

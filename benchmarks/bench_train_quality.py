@@ -58,6 +58,36 @@ def run(cmd: list[str]) -> None:
     print(f"  {cmd[0]} {time.perf_counter() - t0:.0f}s", flush=True)
 
 
+def prepare_and_mine(work: Path, scifact: Path, base: str, banking_csv: Path) -> None:
+    """``work/prep1`` (SciFact train), ``work/prep2`` (STS-B train + ``banking_csv``) and
+    ``work/mined`` (prep1 with negatives at ranks 10-30 of ``scifact``'s corpus, base model)."""
+    run(["jobs/prepare.py", "--source", f"scifact=beir:{scifact}:train", "--output", str(work / "prep1")])
+    run(["jobs/prepare.py",
+         "--source", f"stsb=sts:{SHARED / 'stsb' / 'sts-train.csv'}",
+         "--option", "stsb.columns=genre,file,year,id,score,text1,text2",
+         "--source", f"banking77=classification:{banking_csv}",
+         "--option", f"banking77.labels={SHARED / 'banking77' / 'categories.json'}",
+         "--output", str(work / "prep2")])
+    run(["jobs/mine.py", "--input", str(work / "prep1"), "--corpus", str(scifact),
+         "--encoder.model", base, "--selection.rank-range", "10-30", "--selection.num-negatives", "3",
+         "--output", str(work / "mined"), "--num-cpus", "2"])
+
+
+def train_command(work: Path, out: Path, base: str, args: argparse.Namespace) -> list[str]:
+    """Both stages on ``work/mined`` (+ ``work/prep2`` in stage 2) with this page's recipe."""
+    return ["jobs/train.py", "--output", str(out), "--model.model", base,
+            "--model.query-max-length", "64", "--model.passage-max-length", "160",
+            "--stage1.inputs", str(work / "mined"), "--stage1.steps", str(args.stage1_steps),
+            "--stage1.lr", str(args.stage1_lr), "--stage1.warmup-steps", "5",
+            "--stage2.inputs", f"{work / 'mined'},{work / 'prep2'}",
+            "--stage2.steps", str(args.stage2_steps), "--stage2.lr", str(args.stage2_lr),
+            "--stage2.warmup-steps", "3", "--stage2.retrieval-share", str(args.retrieval_share),
+            "--batch-size.retrieval", "32", "--batch-size.pair", str(args.pair_batch),
+            "--batch-size.classification", "32", "--loss.num-negatives", "1",
+            "--loss.temperature", "0.05", "--deepspeed.zero-stage", "0",
+            "--checkpoint-every", "1000", "--log-every", "10", "--num-cpus", "3"]
+
+
 def scores(model: str, scifact: Path, instructions: bool) -> dict[str, float]:
     from embedforge.eval.run import evaluate_model
 
@@ -84,28 +114,8 @@ def main() -> None:
     t0 = time.perf_counter()
     scifact = capped_scifact(work / "scifact", args.corpus)
     print(f"work dir {work}", flush=True)
-    run(["jobs/prepare.py", "--source", f"scifact=beir:{scifact}:train", "--output", str(work / "prep1")])
-    run(["jobs/prepare.py",
-         "--source", f"stsb=sts:{SHARED / 'stsb' / 'sts-train.csv'}",
-         "--option", "stsb.columns=genre,file,year,id,score,text1,text2",
-         "--source", f"banking77=classification:{SHARED / 'banking77' / 'train.csv'}",
-         "--option", f"banking77.labels={SHARED / 'banking77' / 'categories.json'}",
-         "--output", str(work / "prep2")])
-    run(["jobs/mine.py", "--input", str(work / "prep1"), "--corpus", str(scifact),
-         "--encoder.model", base, "--selection.rank-range", "10-30", "--selection.num-negatives", "3",
-         "--output", str(work / "mined"), "--num-cpus", "2"])
-    train = ["jobs/train.py", "--output", str(work / "train"), "--model.model", base,
-             "--model.query-max-length", "64", "--model.passage-max-length", "160",
-             "--stage1.inputs", str(work / "mined"), "--stage1.steps", str(args.stage1_steps),
-             "--stage1.lr", str(args.stage1_lr), "--stage1.warmup-steps", "5",
-             "--stage2.inputs", f"{work / 'mined'},{work / 'prep2'}",
-             "--stage2.steps", str(args.stage2_steps), "--stage2.lr", str(args.stage2_lr),
-             "--stage2.warmup-steps", "3", "--stage2.retrieval-share", str(args.retrieval_share),
-             "--batch-size.retrieval", "32", "--batch-size.pair", str(args.pair_batch),
-             "--batch-size.classification", "32", "--loss.num-negatives", "1",
-             "--loss.temperature", "0.05", "--deepspeed.zero-stage", "0",
-             "--checkpoint-every", "1000", "--log-every", "10", "--num-cpus", "3"]
-    run(train)
+    prepare_and_mine(work, scifact, base, SHARED / "banking77" / "train.csv")
+    run(train_command(work, work / "train", base, args))
     table = {}
     for name, path in (("base", base), ("stage1", str(work / "train" / "stage1" / "model")),
                        ("stage2", str(work / "train" / "stage2" / "model"))):
