@@ -57,13 +57,21 @@ def test_a_server_that_answers_off_schema_is_not_ready(tmp_path):
 
 
 def test_the_watchdog_stops_the_job_when_the_server_dies(tmp_path):
-    with pytest.raises(KeyboardInterrupt), \
-            local_llm(cfg(tmp_path), lambda *_: None, engines=[("fake", fake())]) as llm:
-        # t0 first: on a loaded machine the watchdog may interrupt the very next line
-        t0 = time.monotonic()
-        os.kill(llm.watch.proc.pid, signal.SIGKILL)
-        time.sleep(10)  # interrupted long before this ends
-    assert time.monotonic() - t0 < 5
+    interrupted = False
+    try:
+        with local_llm(cfg(tmp_path), lambda *_: None, engines=[("fake", fake())]) as llm:
+            # t0 first: on a loaded machine the watchdog may interrupt the very next line
+            t0 = time.monotonic()
+            os.kill(llm.watch.proc.pid, signal.SIGKILL)
+            time.sleep(10)  # interrupted long before this ends
+    except KeyboardInterrupt:
+        interrupted = True
+    elapsed = time.monotonic() - t0
+    # seen once in CI (not reproduced since): say what the watchdog saw if it happens again
+    assert interrupted, (f"no KeyboardInterrupt within {elapsed:.1f}s: watch.died={llm.watch.died}, "
+                         f"server poll()={llm.watch.proc.poll()}, "
+                         f"watch thread alive={llm.watch._thread.is_alive()}")
+    assert elapsed < 5
     assert llm.watch.died == -signal.SIGKILL
     assert "exited with code -9 mid-run" in str(llm.watch.error())
     assert str(tmp_path / "out" / "_llm_server.log") in str(llm.watch.error())
