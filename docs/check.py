@@ -324,7 +324,10 @@ def check_page(page: Path, report: Report) -> None:
 
 def default_pages() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md")),
-            *sorted(p for p in ROOT.glob("*/README.md") if p.parent.name != "docs")]
+            # not hidden folders: tools write their own READMEs there (.pytest_cache/README.md
+            # appears after the first test run, and its flags are pytest's)
+            *sorted(p for p in ROOT.glob("*/README.md")
+                    if p.parent.name != "docs" and not p.parent.name.startswith("."))]
 
 
 def check(pages: list[Path]) -> Report:

@@ -35,6 +35,18 @@ def test_the_repository_docs_pass():
     assert report.counts["links"] > 30 and report.counts["flags"] > 100
 
 
+def test_readmes_in_hidden_folders_are_not_our_docs(monkeypatch, tmp_path):
+    """A second `make test` in one clone found .pytest_cache/README.md (pytest's, naming
+    --lf/--ff) and failed: only our folders' READMEs are pages."""
+    for folder in ("benchmarks", ".pytest_cache", "docs"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "README.md").write_text("# x\n")
+    (tmp_path / "README.md").write_text("# x\n")
+    monkeypatch.setattr(check, "ROOT", tmp_path)
+    pages = {p.relative_to(tmp_path).as_posix() for p in check.default_pages()}
+    assert pages == {"README.md", "docs/README.md", "benchmarks/README.md"}
+
+
 def test_planted_broken_link_fails_the_command(tmp_path):
     good = tmp_path / "docs" / "ok.md"
     good.parent.mkdir()
