@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_mine(cfg)
     print(format_report(summary))
     print(f"[mine] wrote {summary['samples']} samples to {cfg.output} in {summary['seconds']}s "
-          f"(audit.jsonl, audit.png, summary.json)")
+          f"(audit/, audit.png, summary.json)")
     return 0
 
 

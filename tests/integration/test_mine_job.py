@@ -10,7 +10,7 @@ import pytest
 from embedforge import io as eio
 from embedforge.config import parse_config
 from embedforge.mine.config import MineConfig
-from embedforge.mine.stage import run_mine
+from embedforge.mine.stage import read_audit, run_mine
 from embedforge.prepare import PrepareConfig, run_prepare
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -67,7 +67,7 @@ def test_single_node_mining_rules_and_audit(ray_local, scifact_subset, tmp_path)
         assert meta["negative_sources"] == ["mined"] * len(r["negatives"])
         # no positive of the same query is ever a negative
         assert not set(r["negatives"]) & positives_by_query[r["query"]]
-    audit = eio.read_jsonl(str(tmp_path / "m/audit.jsonl"))
+    audit = read_audit(str(tmp_path / "m"))
     assert len(audit) == len(rows)
     for a in audit:  # every kept negative scores at or below the threshold
         assert all(sc is not None and sc <= a["threshold"] + 1e-5 for sc in a["negative_scores"])
@@ -107,11 +107,11 @@ def test_margin_drops_candidates_and_llm_negatives_are_merged(ray_local, scifact
 def test_rescoring_with_a_second_model_decides_the_margin(ray_local, scifact_subset, tmp_path):
     s = run_mine(_cfg(scifact_subset, tmp_path / "r", "--rescore.model", scifact_subset["model"],
                       "--rescore.pooling", "cls"), log=lambda *_: None)
-    audit = eio.read_jsonl(str(tmp_path / "r/audit.jsonl"))
+    audit = read_audit(str(tmp_path / "r"))
     assert s["retrieval_samples"] == len(audit)
     # cls pooling scores differ from the retriever's mean pooling: positive scores change
     base = run_mine(_cfg(scifact_subset, tmp_path / "b"), log=lambda *_: None)
-    base_audit = eio.read_jsonl(str(tmp_path / "b/audit.jsonl"))
+    base_audit = read_audit(str(tmp_path / "b"))
     assert [a["positive_score"] for a in audit] != [a["positive_score"] for a in base_audit]
     for a in audit:
         assert all(sc <= a["threshold"] + 1e-5 for sc in a["negative_scores"])
@@ -122,7 +122,8 @@ def test_two_nodes_two_shards_match_one_exact_index(ray_two_nodes, scifact_subse
     s2 = run_mine(_cfg(scifact_subset, tmp_path / "two", "--num-shards", "2"), log=lambda *_: None)
     assert len({sh["node"] for sh in s2["shards"]}) == 2
     assert sum(sh["size"] for sh in s2["shards"]) == s2["corpus"]
-    assert max(sh["size"] for sh in s2["shards"]) <= s2["corpus"] // 2 + 1
+    # shards own equal hash ranges: balanced to sampling noise (250 ± 11 here)
+    assert max(sh["size"] for sh in s2["shards"]) <= 0.6 * s2["corpus"]
     s1 = run_mine(_cfg(scifact_subset, tmp_path / "one", "--num-shards", "1"), log=lambda *_: None)
     two = [r["negatives"] for r in eio.read_samples(str(tmp_path / "two")).to_pylist()]
     one = [r["negatives"] for r in eio.read_samples(str(tmp_path / "one")).to_pylist()]

@@ -16,7 +16,7 @@ class MineConfig(JobConfig):
     """Fill `negatives` of retrieval samples with mined hard negatives (faiss, sharded on Ray).
 
     Existing negatives (e.g. from synthesize) are re-scored and kept unless they score above
-    the positive-aware threshold; mined ones fill up to K. Writes samples/, audit.jsonl,
+    the positive-aware threshold; mined ones fill up to K. Writes samples/, audit/,
     summary.json and a score histogram (audit.png).
     """
 
@@ -39,6 +39,10 @@ class MineConfig(JobConfig):
     embed_actors: int = Field(1, ge=1, description="embedding actors (one per GPU on GPU nodes)")
     use_gpu: Literal["auto", "yes", "no"] = Field("auto", description="GPUs for embedding and faiss")
     query_batch: int = Field(1024, ge=1, description="queries per search call")
+    mine_actors: int = Field(1, ge=1, description="actors running search + selection over sample "
+                                                  "partitions (each holds one partition at a time)")
+    partition_rows: int = Field(8192, ge=1, description="at most this many samples per partition")
+    partition_mb: int = Field(64, ge=1, description="at most this many MB of samples per partition")
     instruction: bool = Field(True, description="format queries with their dataset instruction")
     cache: str | None = Field(None, description="embedding cache folder (default OUTPUT/_embeddings)")
     cache_dtype: Literal["float32", "float16"] = Field(

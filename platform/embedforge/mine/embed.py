@@ -16,7 +16,7 @@ import bisect
 import hashlib
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ class PartRead:
     path: str
     row_groups: tuple[int, ...]
     rows: int
+    bytes: int = 0  # stored (compressed) bytes of those row groups
 
 
 def plan_reads(root: str, fingerprint: str, dtype: str = "float32", lo: str | None = None,
@@ -95,7 +96,7 @@ def plan_reads(root: str, fingerprint: str, dtype: str = "float32", lo: str | No
         with fs.open(p, "rb") as fh:
             md = pq.ParquetFile(fh).metadata
         col = md.schema.names.index("hash")
-        groups, rows = [], 0
+        groups, rows, size = [], 0, 0
         for i in range(md.num_row_groups):
             rg = md.row_group(i)
             st = rg.column(col).statistics
@@ -109,32 +110,49 @@ def plan_reads(root: str, fingerprint: str, dtype: str = "float32", lo: str | No
                         continue
             groups.append(i)
             rows += rg.num_rows
+            size += sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
         if groups:
-            out.append(PartRead(path, tuple(groups), rows))
+            out.append(PartRead(path, tuple(groups), rows, size))
     return out
 
 
-def read_parts(plan: list[PartRead]) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes, vectors in the stored dtype) of the planned row groups, in plan order.
-
-    The vector column is a fixed-size list, so its values come out as one flat buffer that is
-    reshaped, never as Python lists.
-    """
-    hashes: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
+def stream_parts(plan: list[PartRead], columns: tuple[str, ...] = ("hash", "vector")
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(hashes, vectors in the stored dtype) of each planned file in turn, so a reader holds
+    one part's rows at a time. The vector column is a fixed-size list, so its values come out
+    as one flat buffer that is reshaped, never as Python lists. ``columns=("hash",)`` reads
+    the hash column alone (vectors None)."""
     for part in plan:
         fs, p = eio.fs_and_path(part.path)
         with fs.open(p, "rb") as fh:
-            table = pq.ParquetFile(fh).read_row_groups(list(part.row_groups),
-                                                       columns=["hash", "vector"])
+            table = pq.ParquetFile(fh).read_row_groups(list(part.row_groups), columns=list(columns))
+        hashes = np.asarray(table.column("hash").to_numpy(zero_copy_only=False), dtype=str)
+        if "vector" not in columns:
+            yield hashes, None
+            continue
         col = table.column("vector").combine_chunks()
-        dim = col.type.list_size
         flat = col.flatten().to_numpy(zero_copy_only=False)
-        vectors.append(flat.reshape(-1, dim))
-        hashes.append(np.asarray(table.column("hash").to_numpy(zero_copy_only=False), dtype=str))
+        yield hashes, flat.reshape(-1, col.type.list_size)
+
+
+def read_parts(plan: list[PartRead]) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, vectors in the stored dtype) of the planned row groups, in plan order."""
+    hashes: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    for h, v in stream_parts(plan):
+        hashes.append(h)
+        vectors.append(v)
     if not hashes:
         return np.zeros(0, dtype=str), np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(hashes), np.concatenate(vectors)
+
+
+def match_sorted(ordered: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``hashes`` in the sorted array ``ordered`` and which were found there."""
+    if len(ordered) == 0:
+        return np.zeros(len(hashes), dtype=np.int64), np.zeros(len(hashes), dtype=bool)
+    pos = np.minimum(np.searchsorted(ordered, hashes), len(ordered) - 1)
+    return pos, ordered[pos] == hashes
 
 
 def lookup(hashes: np.ndarray, vectors: np.ndarray, wanted: list[str]) -> np.ndarray:
@@ -143,49 +161,34 @@ def lookup(hashes: np.ndarray, vectors: np.ndarray, wanted: list[str]) -> np.nda
     if len(want) == 0:
         return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=vectors.dtype)
     order = np.argsort(hashes, kind="stable")
-    ordered = hashes[order]
-    pos = np.minimum(np.searchsorted(ordered, want), max(0, len(ordered) - 1))
-    found = ordered[pos] == want if len(ordered) else np.zeros(len(want), dtype=bool)
+    pos, found = match_sorted(hashes[order], want)
     if not found.all():
-        missing = want[~found]
-        raise KeyError(f"{len(missing)} text(s) missing from the embedding cache, "
-                       f"e.g. hash {missing[0]}")
+        raise KeyError(missing_message(want[~found]))
     return vectors[order[pos]]
 
 
-def load_share(root: str, fingerprint: str, wanted: list[str],
-               dtype: str = "float32") -> tuple[np.ndarray, list[PartRead]]:
-    """float32 ``[len(wanted), D]`` for one index shard, reading only the hash range its
-    texts span (with ``split_by_hash`` that is its share of the cache). Returns the plan too."""
-    if not wanted:
-        return np.zeros((0, 0), dtype=np.float32), []
-    plan = plan_reads(root, fingerprint, dtype, lo=min(wanted), hi=max(wanted))
-    hashes, vectors = read_parts(plan)
-    return lookup(hashes, vectors, wanted).astype(np.float32, copy=False), plan
+def missing_message(missing: np.ndarray) -> str:
+    return f"{len(missing)} text(s) missing from the embedding cache, e.g. hash {missing[0]}"
 
 
 def load_cache(root: str, fingerprint: str, wanted: set[str] | None = None,
                dtype: str = "float32") -> dict[str, np.ndarray]:
     """float32 vectors of ``wanted`` hashes (all when None), reading only row groups of their
-    buckets."""
+    buckets (for tools and small look-ups; mining's shards stream their range instead)."""
     hashes, vectors = read_parts(plan_reads(root, fingerprint, dtype, wanted=wanted))
     vectors = vectors.astype(np.float32, copy=False)
     return {h: vectors[i] for i, h in enumerate(hashes.tolist())
             if wanted is None or h in wanted}
 
 
-def split_by_hash(hashes: list[str], num_shards: int) -> list[np.ndarray]:
-    """Global ids (positions in ``hashes``) of each index shard, ascending.
-
-    Shards are equal-count ranges of the *sorted hashes*, not of corpus order: the cache is
-    laid out by hash, so a shard's vectors sit in its own hash range and it reads only that
-    (``load_share``). Sizes are those of equal corpus ranges; ids stay corpus positions, so
-    merged results (ties broken by id) do not depend on the split.
-    """
-    h = np.asarray(hashes, dtype=str)
-    order = np.argsort(h, kind="stable")
-    bounds = np.linspace(0, len(h), num_shards + 1).astype(int)
-    return [np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)]
+def cached_in_range(root: str, fingerprint: str, dtype: str, lo: str, hi: str
+                    ) -> tuple[np.ndarray, int]:
+    """Sorted unique hashes the cache holds in ``[lo, hi]`` (the hash column of that range
+    only) and how many rows were read for them."""
+    plan = plan_reads(root, fingerprint, dtype, lo=lo, hi=hi)
+    parts = [h for h, _ in stream_parts(plan, columns=("hash",))]
+    found = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=str)
+    return found, sum(p.rows for p in plan)
 
 
 class EmbedActor:
@@ -211,50 +214,3 @@ class EmbedActor:
                                       prompts)
         write_part(self.root, self.fingerprint, hashes, vectors, self.dtype)
         return {"n": np.array([len(texts)])}
-
-
-def embed_all(texts: list[str], settings: Any, root: str, fingerprint: str, num_actors: int,
-              batch_size: int, use_gpu: bool, log=print, prompts: Mapping[str, str] | None = None,
-              dtype: str = "float32") -> int:
-    """Make sure every text has a cached vector, embedding only what the cache lacks.
-
-    ``prompts``: the instruction prefix of those texts that start with one (queries), so the
-    encoder can leave it out of pooling. Returns how many were embedded now. Vectors stay in
-    the cache: the driver never holds the corpus matrix (index shards load their own part).
-    """
-    import ray
-
-    prompts = prompts or {}
-
-    by_hash = {text_hash(t): t for t in texts}
-    have = cached_hashes(root, fingerprint, dtype) & set(by_hash)
-    missing = [(h, t) for h, t in by_hash.items() if h not in have]
-    log(f"[mine] embeddings: {len(by_hash)} unique texts, {len(have)} cached, {len(missing)} to embed")
-    if missing:
-        missing.sort(key=lambda ht: len(ht[1]))
-        ds = ray.data.from_items([{"hash": h, "text": t, "prompt": prompts.get(t, "")}
-                                  for h, t in missing],
-                                 override_num_blocks=max(1, min(len(missing) // batch_size, num_actors * 8)))
-        cpus = ray.available_resources().get("CPU", 1.0)
-        # an actor must fit on one node: never ask for more CPUs than the largest node has
-        node_max = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
-                       default=1)
-        per_actor = 1 if use_gpu else max(1, int(min(cpus // num_actors, node_max)))
-        res = ds.map_batches(
-            EmbedActor, fn_constructor_kwargs={"settings_json": settings.model_dump_json(),
-                                               "root": root, "fingerprint": fingerprint,
-                                               "threads": per_actor, "dtype": dtype},
-            compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=batch_size,
-            num_gpus=1 if use_gpu else 0, num_cpus=per_actor if not use_gpu else 1,
-        )
-        done = sum(int(r["n"]) for r in res.iter_rows())
-        assert done == len(missing), (done, len(missing))
-    return len(missing)
-
-
-def cached_hashes(root: str, fingerprint: str, dtype: str = "float32") -> set[str]:
-    out: set[str] = set()
-    for path in eio.list_files(cache_dir(root, fingerprint, dtype), ".parquet"):
-        fs, p = eio.fs_and_path(path)
-        out.update(pq.read_table(p, columns=["hash"], filesystem=fs).column("hash").to_pylist())
-    return out

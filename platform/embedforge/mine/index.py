@@ -38,17 +38,23 @@ def build(vectors: np.ndarray, factory: str = "Flat", use_gpu: bool | None = Non
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if use_gpu is None:
-        use_gpu = gpu_available()
-    if use_gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
+    index = new_index(vectors.shape[1], factory, use_gpu)
     if not index.is_trained:
         index.train(vectors)
     index.add(vectors)
     if "IVF" in factory:
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
     return index
+
+
+def new_index(dim: int, factory: str = "Flat", use_gpu: bool | None = None) -> Any:
+    """An empty inner-product index (on the GPUs when asked, or when None and faiss sees one)."""
+    import faiss
+
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if use_gpu is None:
+        use_gpu = gpu_available()
+    return faiss.index_cpu_to_all_gpus(index) if use_gpu else index
 
 
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -148,7 +148,7 @@ def _nth_kept(j: int, excluded: list[int]) -> int:
 
 def select(positives: list[str], positive_score: float, candidates: list[Candidate],
            existing: list[tuple[str, str, float]], s: SelectionSettings, rng: random.Random,
-           random_pool: Sequence[str] | RandomPool | None = None) -> Selection:
+           random_pool: Sequence[str] | RandomPool | Any | None = None) -> Selection:
     """Merge existing negatives (text, source, score) with mined candidates.
 
     Existing negatives scoring above the threshold are dropped as likely false negatives; the
@@ -198,7 +198,8 @@ def select(positives: list[str], positive_score: float, candidates: list[Candida
         sel.sources += ["mined"] * len(picked)
     short = s.num_negatives - len(sel.negatives)
     if short > 0 and s.top_up_random and random_pool:
-        pool = random_pool if isinstance(random_pool, RandomPool) else RandomPool(random_pool)
+        # a RandomPool, or any pool with its ``sample`` (the mining job draws from its shards)
+        pool = random_pool if hasattr(random_pool, "sample") else RandomPool(random_pool)
         extra = pool.sample(seen, short, rng)
         sel.negatives += extra
         sel.sources += ["random"] * len(extra)
