@@ -406,14 +406,10 @@ def _generate(cfg: SynthConfig, cfg_json: str, files: list[str], base_url: str,
     return stats, totals
 
 
-#: rows per input block of the LLM step (each finished block is one raw part file)
-ROWS_PER_INPUT_BLOCK = 5_000
-
-
 def input_blocks(cfg: SynthConfig, rows: int) -> int:
     """Blocks the LLM step splits its input into: 4 per actor, and at most
-    ``ROWS_PER_INPUT_BLOCK`` rows each, since each finished block is written as one raw part."""
-    return max(cfg.num_actors * 4, -(-rows // ROWS_PER_INPUT_BLOCK), 1)
+    ``cfg.rows_per_block`` rows each, since each finished block is written as one raw part."""
+    return max(cfg.num_actors * 4, -(-rows // cfg.rows_per_block), 1)
 
 
 def dedup_partitions(cfg: SynthConfig, raw_rows: int) -> int:
