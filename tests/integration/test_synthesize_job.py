@@ -256,3 +256,41 @@ def test_the_embedded_server_dying_mid_run_stops_the_job_at_once(prepared, tmp_p
     # retrying every row against a dead server (8 retries, 5 s backoff) would take minutes
     assert took < 120, took
     assert (out / "_cache").exists()  # the answers paid for before the crash are kept
+
+
+@pytest.mark.slow
+def test_a_killed_job_keeps_its_finished_blocks_and_a_rerun_completes(prepared, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "killed"
+    with FakeLLMServer(latency=0.05, responder=synth_responder) as srv:
+        args = [sys.executable, "jobs/synthesize.py", "--input", str(prepared), "--output", str(out),
+                "--llm.base-url", srv.base_url, "--llm.max-concurrency", "4", "--num-actors", "1",
+                "--rows-per-block", "8", "--rules.n-negatives", "1", "--num-cpus", "2"]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        parts: list[str] = []
+        while len(parts) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            parts = eio.list_files(str(out / "_raw"), ".parquet") if (out / "_raw").exists() else []
+        finished = proc.poll() is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not finished and len(parts) >= 2  # blocks were written while the job ran
+        time.sleep(1.0)
+        kept = eio.list_files(str(out / "_raw"), ".parquet")
+        assert set(parts) <= set(kept)  # the kill removed none of them
+        assert sum(pq.read_metadata(p).num_rows for p in parts) > 0
+        assert not (out / "summary.json").exists()
+        res = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["llm"]["cache_hits"] > 0 and summary["error_rows"] == 0
+    assert not (out / "_raw").exists()
+    table = eio.read_samples(str(out)).to_pandas()
+    assert table.id.is_unique
+    assert summary["rows_by_source"] == table.source.value_counts().to_dict()
+    generated = table[~table.source.isin(["original", "llm_negative"])]
+    assert len(generated) + summary["duplicates_dropped"] == _expected_generated(prepared)

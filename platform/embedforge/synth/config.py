@@ -80,6 +80,9 @@ class SynthConfig(JobConfig):
     num_actors: int = Field(2, ge=1, description="Ray Data actors making requests")
     batch_size: int = Field(16, ge=1, description="samples per actor batch")
     cpus_per_actor: float = Field(0.25, gt=0, description="Ray CPUs reserved per actor")
+    rows_per_block: int = Field(
+        5000, ge=1,
+        description="input rows per block of the LLM step; each finished block is written at once, so a killed job keeps it")
     llm: LLMSettings = Field(default_factory=LLMSettings)
     rules: TechniqueSettings = Field(default_factory=TechniqueSettings)
     embed_filter: EmbedFilterSettings = Field(default_factory=EmbedFilterSettings)

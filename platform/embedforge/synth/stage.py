@@ -1,15 +1,16 @@
 """The synthesize stage on Ray: async LLM actors (Ray Data), global limits, dedup, filters.
 
 Flow: read samples -> actors (each with many requests in flight, limits held by one
-coordinator actor) write raw rows + errors -> the driver finds cross-output duplicates from
-the text columns only -> a final Ray Data pass drops them (and applies the optional
-embedding filter) -> ``samples/``, ``errors/``, ``summary.json``.
+coordinator actor) write raw rows + errors, a part file per finished block -> dedup on hash
+partitions (by id, then by normalised-text digest; :mod:`.dedup`) -> optional embedding
+filter -> ``samples/`` written block by block (:class:`.sink.FinalSink`) -> ``summary.json``
+from the coordinator's totals and the writer's per-block counts. The driver holds counts,
+never rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import time
@@ -31,6 +32,16 @@ from ..safety import check_no_overlap, claim_output
 from ..schema import ARROW_SCHEMA, rows_to_table
 from . import rules
 from .config import SynthConfig
+from .dedup import (
+    COPY_COLUMNS,
+    GENERATED_EXCLUDED,
+    KEEP,
+    KEY,
+    copy_digest,
+    merge_stats,
+    resolve_ids,
+    resolve_texts,
+)
 from .techniques import merge_negatives, synthesize_sample
 
 RAW_DIR, ERRORS_DIR, SAMPLES_DIR = "_raw", "errors", "samples"
@@ -96,10 +107,11 @@ class SynthWorker:
             await asyncio.to_thread(
                 eio.write_jsonl_atomic, errors,
                 eio.join(self.cfg.output, ERRORS_DIR, f"part-{uuid.uuid4().hex}.jsonl"))
-        await self._report(rejections, out, len(errors))
+        await self._report(rejections, out, errors)
         return rows_to_table([{k: r[k] for k in ARROW_SCHEMA.names} for r in out])
 
-    async def _report(self, rejections: Counter[str], out: list[dict[str, Any]], n_errors: int) -> None:
+    async def _report(self, rejections: Counter[str], out: list[dict[str, Any]],
+                      errors: list[dict[str, Any]]) -> None:
         """Send this batch's accounting to the coordinator and to Ray metrics."""
         delta = Counter(self.gw.stats)
         delta.subtract(self.sent)
@@ -107,7 +119,9 @@ class SynthWorker:
         delta = Counter({k: v for k, v in delta.items() if v})
         for key, n in rejections.items():
             delta[f"rejected:{key}"] += n
-        delta["error_rows"] += n_errors
+        delta["error_rows"] += len(errors)
+        for e in errors:  # the summary's errors_by_reason, without reading errors/ back
+            delta[f"errors_by_reason:{e['reason']}"] += 1
         for r in out:
             delta[f"rows:{r['source']}"] += 1
         # awaited: the driver reads the totals right after the last batch returns
@@ -156,17 +170,6 @@ def _first_selected_ids(files: list[str], cfg: SynthConfig) -> list[str]:
     return ids
 
 
-GENERATED_EXCLUDED = ("original", "llm_negative")
-#: the columns an id does not cover (ids hash the sample's content, not these): copies of one
-#: id can differ only here, so this digest tells them apart
-COPY_COLUMNS = ("source", "instruction", "parent_id", "meta")
-
-
-def copy_digest(row: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps([row.get(c) for c in COPY_COLUMNS], ensure_ascii=False)
-                        .encode("utf-8")).hexdigest()
-
-
 @dataclass
 class Dedup:
     """What the finaliser drops: every row of ``drop`` ids (they repeat an earlier row's text),
@@ -180,12 +183,14 @@ class Dedup:
 
 def duplicate_ids(raw_dir: str) -> Dedup:
     """Generated rows repeating (after normalisation) an earlier row of the whole output, and
-    rows repeating an earlier row's exact id.
+    rows repeating an earlier row's exact id: the single-process reference.
+
+    The job no longer calls this (it holds the whole output's text columns in one process);
+    it runs :mod:`.dedup` on hash partitions instead, and the tests check both agree.
 
     Originals are seen first so a generated row never displaces one; among generated rows the
     smallest id wins. Of an exact id seen more than once only the later copies go (dropping by
-    id alone would drop the first copy too). Reads only the text columns, plus the copy
-    columns of repeated ids.
+    id alone would drop the first copy too).
     """
     import pyarrow.parquet as pq
 
@@ -222,11 +227,21 @@ def duplicate_ids(raw_dir: str) -> Dedup:
     return out
 
 
-class Finalizer:
-    """Drops duplicates, dedups ids, and applies the optional embedding filter.
+def load_filter_model(cfg: SynthConfig) -> Any:
+    """The embedding filter's model, or None when the filter is off."""
+    if not cfg.embed_filter.model:
+        return None
+    from sentence_transformers import SentenceTransformer
 
-    Runs as one actor: keeping exactly one of two byte-identical copies of an id needs the
-    ``kept`` set to see every row.
+    return SentenceTransformer(cfg.embed_filter.model, device="cpu")
+
+
+class Finalizer:
+    """Applies a :func:`duplicate_ids` result, then the optional embedding filter: the
+    single-process reference the partitioned job path is tested against.
+
+    One instance must see every row: keeping exactly one of two byte-identical copies of an id
+    needs the ``kept`` set to.
     """
 
     def __init__(self, dedup: Dedup, cfg_json: str):
@@ -234,11 +249,7 @@ class Finalizer:
         self.keep_copy = dedup.keep_copy
         self.kept: set[str] = set()
         self.cfg = SynthConfig.model_validate_json(cfg_json)
-        self.model = None
-        if self.cfg.embed_filter.model:
-            from sentence_transformers import SentenceTransformer
-
-            self.model = SentenceTransformer(self.cfg.embed_filter.model, device="cpu")
+        self.model = load_filter_model(self.cfg)
 
     def _keep(self, row: dict[str, Any]) -> bool:
         if row["id"] in self.drop:
@@ -254,47 +265,69 @@ class Finalizer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [r for r in batch.to_pylist() if self._keep(r)]
         if self.model is not None:
-            rows = self._embed_filter(rows)
+            rows = embed_filter(self.model, self.cfg, rows)
         return rows_to_table(rows)
 
-    def _embed_filter(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Cosine(query, positive) floor for generated pairs; generated negatives must score
-        below their positive (else they are likely false negatives)."""
-        ef = self.cfg.embed_filter
-        todo = [r for r in rows if r["source"] != "original" and r["kind"] != "classification"]
-        if not todo:
-            return rows
-        texts: list[str] = []
-        for r in todo:
-            texts += [r["query"], r["positive"], *r["negatives"]]
-        emb = self.model.encode(texts, batch_size=ef.batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True)
-        keep_ids: set[str] = set()
-        i = 0
-        for r in todo:
-            q, p = emb[i], emb[i + 1]
-            negs = emb[i + 2: i + 2 + len(r["negatives"])]
-            i += 2 + len(r["negatives"])
-            pos_score = float(q @ p)
-            meta = json.loads(r["meta"] or "{}")
-            meta["embed_filter"] = {"pos_score": round(pos_score, 4)}
-            if r["kind"] == "retrieval" and r["source"] in ("paraphrase", "augment") and pos_score < ef.min_pair_cosine:
-                continue
-            if ef.drop_negatives_above_positive and r["negatives"]:
-                sources = meta.get("negative_sources") or ["llm"] * len(r["negatives"])
-                kept, kept_src, dropped = [], [], 0
-                for text, vec, src in zip(r["negatives"], negs, sources, strict=False):
-                    if src == "llm" and float(q @ vec) >= pos_score:
-                        dropped += 1
-                        continue
-                    kept.append(text)
-                    kept_src.append(src)
-                r["negatives"], meta["negative_sources"] = kept, kept_src
-                meta["embed_filter"]["negatives_dropped"] = dropped
-            r["meta"] = json.dumps(meta, ensure_ascii=False, sort_keys=True)
-            keep_ids.add(r["id"])
-        todo_ids = {r["id"] for r in todo}
-        return [r for r in rows if r["id"] in keep_ids or r["id"] not in todo_ids]
+
+class EmbedFilter:
+    """Ray Data actor: the embedding filter over deduplicated rows (model loaded once).
+
+    It clears ``_keep`` rather than dropping a row: the dedup counts a row carries must
+    still reach the writer, which drops the row (see :class:`FinalSink`).
+    """
+
+    def __init__(self, cfg_json: str):
+        self.cfg = SynthConfig.model_validate_json(cfg_json)
+        self.model = load_filter_model(self.cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        live = [r for r in rows if r[KEEP]]
+        passed = {id(r) for r in embed_filter(self.model, self.cfg, live)}
+        for r in rows:
+            r[KEEP] = id(r) in passed
+        return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
+def embed_filter(model: Any, cfg: SynthConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cosine(query, positive) floor for generated pairs; generated negatives must score
+    below their positive (else they are likely false negatives). Updates kept rows' negatives
+    and meta in place and returns the kept ones."""
+    ef = cfg.embed_filter
+    todo = [r for r in rows if r["source"] != "original" and r["kind"] != "classification"]
+    if not todo:
+        return rows
+    texts: list[str] = []
+    for r in todo:
+        texts += [r["query"], r["positive"], *r["negatives"]]
+    emb = model.encode(texts, batch_size=ef.batch_size, normalize_embeddings=True,
+                       convert_to_numpy=True)
+    keep_ids: set[str] = set()
+    i = 0
+    for r in todo:
+        q, p = emb[i], emb[i + 1]
+        negs = emb[i + 2: i + 2 + len(r["negatives"])]
+        i += 2 + len(r["negatives"])
+        pos_score = float(q @ p)
+        meta = json.loads(r["meta"] or "{}")
+        meta["embed_filter"] = {"pos_score": round(pos_score, 4)}
+        if r["kind"] == "retrieval" and r["source"] in ("paraphrase", "augment") and pos_score < ef.min_pair_cosine:
+            continue
+        if ef.drop_negatives_above_positive and r["negatives"]:
+            sources = meta.get("negative_sources") or ["llm"] * len(r["negatives"])
+            kept, kept_src, dropped = [], [], 0
+            for text, vec, src in zip(r["negatives"], negs, sources, strict=False):
+                if src == "llm" and float(q @ vec) >= pos_score:
+                    dropped += 1
+                    continue
+                kept.append(text)
+                kept_src.append(src)
+            r["negatives"], meta["negative_sources"] = kept, kept_src
+            meta["embed_filter"]["negatives_dropped"] = dropped
+        r["meta"] = json.dumps(meta, ensure_ascii=False, sort_keys=True)
+        keep_ids.add(r["id"])
+    todo_ids = {r["id"] for r in todo}
+    return [r for r in rows if r["id"] in keep_ids or r["id"] not in todo_ids]
 
 
 def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
@@ -321,21 +354,22 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
     cfg_json = cfg.model_dump_json()
     with connect(cfg.ray_address, cfg.num_cpus), local_llm(cfg, log) as llm:
         try:
-            stats, dropped = _generate(cfg, cfg_json, files, llm.base_url, log)
+            stats, totals = _generate(cfg, cfg_json, files, llm.base_url, log)
         except KeyboardInterrupt:
             if llm.watch is not None and llm.watch.died is not None:
                 raise llm.watch.error() from None
             raise
     check_not_an_outage(stats, cache_root(cfg), eio.join(cfg.output, ERRORS_DIR))
     eio.remove(eio.join(cfg.output, RAW_DIR))
-    summary = _summary(cfg, stats, dropped, time.time() - t0)
+    summary = _summary(cfg, stats, totals, time.time() - t0)
     eio.write_json(summary, eio.join(cfg.output, "summary.json"))
     return summary
 
 
 def _generate(cfg: SynthConfig, cfg_json: str, files: list[str], base_url: str,
-              log) -> tuple[dict[str, Any], int]:
-    """Named steps: LLM actors write raw rows -> find duplicates -> finalise into samples/."""
+              log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Named steps: LLM actors write raw rows -> dedup + filter + write samples/; returns
+    the LLM/coordinator stats and the written output's counts."""
     import ray
 
     coordinator = Coordinator.remote(cfg.llm.max_concurrency, cfg.llm.rpm, cfg.llm.tpm,
@@ -343,8 +377,9 @@ def _generate(cfg: SynthConfig, cfg_json: str, files: list[str], base_url: str,
     ds = ray.data.read_parquet(files)
     limited = cfg.limit is not None or cfg.limit_per_dataset is not None
     only_ids = _first_selected_ids(files, cfg) if limited else None
-    # enough blocks for every actor to have work (a small file is one block otherwise)
-    ds = ds.repartition(max(cfg.num_actors * 4, 1))
+    # enough blocks for every actor to have work (a small file is one block otherwise), and
+    # small enough that a killed job has written most of what it was sent (one part per block)
+    ds = ds.repartition(input_blocks(cfg, ds.count()))
     log(f"[synthesize] {cfg.techniques} via {base_url} (model {cfg.llm.model}, "
         f"{cfg.num_actors} actors, max {cfg.llm.max_concurrency} in flight)")
     out = ds.map_batches(
@@ -356,20 +391,60 @@ def _generate(cfg: SynthConfig, cfg_json: str, files: list[str], base_url: str,
         batch_format="pyarrow", num_cpus=cfg.cpus_per_actor,
     )
     with _Progress(coordinator, log):
+        # Ray Data writes a part file per block as it finishes: a killed job keeps them
         out.write_parquet(eio.join(cfg.output, RAW_DIR))
     stats = ray.get(coordinator.stats.remote())
-    dedup = duplicate_ids(eio.join(cfg.output, RAW_DIR))
-    log(f"[synthesize] dedup: {len(dedup.drop)} generated rows repeat earlier ones")
-    for dup, copies in sorted(dedup.repeated.items()):
+    totals = _finalise(cfg, cfg_json, eio.join(cfg.output, RAW_DIR),
+                       eio.join(cfg.output, SAMPLES_DIR))
+    log(f"[synthesize] dedup: {totals['text_repeats']} generated rows repeat earlier ones")
+    for example in totals["repeated_examples"]:
+        dup, copies = example.rsplit(" ", 1)
         log(f"[synthesize] dedup: duplicate id {dup}: {copies} rows share it; kept the first, "
-            f"dropped {copies - 1}")
-    final = ray.data.read_parquet(eio.join(cfg.output, RAW_DIR)).map_batches(
-        Finalizer, fn_constructor_kwargs={"dedup": dedup, "cfg_json": cfg_json},
-        compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow",
-        batch_size=256, num_cpus=cfg.cpus_per_actor,
-    )
-    final.write_parquet(eio.join(cfg.output, SAMPLES_DIR))
-    return stats, dedup.rows_dropped
+            f"dropped {int(copies) - 1}")
+    if totals["repeated_ids"] > len(totals["repeated_examples"]):
+        log(f"[synthesize] dedup: {totals['repeated_ids']} ids had several rows in all")
+    return stats, totals
+
+
+def input_blocks(cfg: SynthConfig, rows: int) -> int:
+    """Blocks the LLM step splits its input into: 4 per actor, and at most
+    ``cfg.rows_per_block`` rows each, since each finished block is written as one raw part."""
+    return max(cfg.num_actors * 4, -(-rows // cfg.rows_per_block), 1)
+
+
+def dedup_partitions(cfg: SynthConfig, raw_rows: int) -> int:
+    """Hash partitions for the dedup shuffles: enough for every actor's CPU to take part,
+    and one per ~100k rows so one partition's rows fit a worker at any output size."""
+    return max(cfg.num_actors, -(-raw_rows // 100_000), 1)
+
+
+def _finalise(cfg: SynthConfig, cfg_json: str, raw_dir: str, samples_dir: str) -> dict[str, Any]:
+    """raw rows -> dedup by id, then by text, on hash partitions -> optional embedding filter
+    -> ``samples/`` written block by block; returns the summed counts of the written blocks.
+
+    Nothing of the data's size comes to the driver: the shuffles partition by ``id`` and by a
+    digest of the normalised text, and the writer returns counts per write task.
+    """
+    import ray
+
+    from .sink import FinalSink
+
+    if not eio.list_files(raw_dir, ".parquet"):  # Ray Data writes no file for zero rows
+        return merge_stats([])
+    raw = ray.data.read_parquet(raw_dir)
+    parts = dedup_partitions(cfg, raw.count())  # from the Parquet footers
+    cpus = cfg.cpus_per_actor
+    ds = (raw.groupby("id", num_partitions=parts)
+          .map_groups(resolve_ids, batch_format="pyarrow", num_cpus=cpus)
+          .groupby(KEY, num_partitions=parts)
+          .map_groups(resolve_texts, batch_format="pyarrow", num_cpus=cpus))
+    if cfg.embed_filter.model:
+        ds = ds.map_batches(EmbedFilter, fn_constructor_kwargs={"cfg_json": cfg_json},
+                            compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow",
+                            batch_size=256, num_cpus=cpus)
+    sink = FinalSink(samples_dir)
+    ds.write_datasink(sink)
+    return sink.totals or merge_stats([])
 
 
 def check_not_an_outage(stats: dict[str, Any], cache: str, errors: str) -> None:
@@ -420,11 +495,13 @@ class _Progress:
         self._thread.join(timeout=6)
 
 
-def _summary(cfg: SynthConfig, stats: dict[str, Any], duplicates: int, seconds: float) -> dict[str, Any]:
-    table = eio.read_samples(cfg.output)
-    by_source = Counter(table.column("source").to_pylist())
-    errors = [r for f in eio.list_files(eio.join(cfg.output, ERRORS_DIR), ".jsonl")
-              for r in eio.read_jsonl(f)]
+def _summary(cfg: SynthConfig, stats: dict[str, Any], totals: dict[str, Any],
+             seconds: float) -> dict[str, Any]:
+    """From streamed counts only: the coordinator's running totals (LLM, errors) and the
+    writer's per-block counts (rows by source, duplicates); the output is not read back."""
+    by_source = totals["rows_by_source"]
+    errors_by_reason = {k[len("errors_by_reason:"):]: v for k, v in stats.items()
+                        if k.startswith("errors_by_reason:") and v}
     p_tok, c_tok = int(stats.get("prompt_tokens", 0)), int(stats.get("completion_tokens", 0))
     rejected = {k[len("rejected:"):]: v for k, v in stats.items() if k.startswith("rejected:")}
     config = cfg.model_dump(mode="json")
@@ -448,9 +525,9 @@ def _summary(cfg: SynthConfig, stats: dict[str, Any], duplicates: int, seconds: 
             "max_in_flight_granted": stats.get("max_in_flight_granted", 0),
         },
         "rejections_by_reason": rejected,
-        "duplicates_dropped": duplicates,
-        "error_rows": len(errors),
-        "errors_by_reason": dict(Counter(e["reason"] for e in errors)),
+        "duplicates_dropped": totals["rows_dropped"],
+        "error_rows": int(stats.get("error_rows", 0)),
+        "errors_by_reason": errors_by_reason,
         "seconds": round(seconds, 2),
         "config": config,
     }
