@@ -517,6 +517,30 @@ def sample_files(path: str) -> list[str]:
     return []
 
 
+def parquet_batches(path: str, columns: list[str] | None = None,
+                    batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """Record batches of one Parquet file (local path or URI), ``batch_size`` rows at most.
+
+    Why not ``pq.read_table``: it decodes the whole file at once, so one multi-GB part file
+    would have to fit in memory; this holds one batch (and the page being decoded), and a
+    caller that stops early never reads the rest of the file.
+    """
+    fs, p = fs_and_path(path)
+    with fs.open(p, "rb") as fh:
+        yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def sample_batches(path: str, columns: list[str] | None = None,
+                   batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """A stage's unified samples as record batches, file after file in :func:`read_samples`'
+    order: for callers that need a few rows or one pass, not the whole table."""
+    files = sample_files(path)
+    if not files:
+        raise SourceError(f"no unified samples (Parquet) found under {path}")
+    for f in files:
+        yield from parquet_batches(f, columns, batch_size)
+
+
 def read_samples(path: str) -> pa.Table:
     """Read a stage's unified samples (``DIR/samples/*.parquet`` or a Parquet file/dir)."""
     from .schema import ARROW_SCHEMA

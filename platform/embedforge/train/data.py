@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import io as eio
 from ..config import ConfigError
@@ -77,10 +76,7 @@ def read_batches(path: str, columns: list[str] | None = None,
     would have to fit in the driver's memory; a batch iterator holds one batch (plus the
     row group page being decoded) at a time.
     """
-    fs, p = eio.fs_and_path(path)
-    with fs.open(p, "rb") as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size or BATCH_ROWS,
-                                                  columns=columns)
+    return eio.parquet_batches(path, columns, batch_size or BATCH_ROWS)
 
 
 def owners(batches: Iterable[pa.RecordBatch], kinds: tuple[str, ...]) -> dict[str, tuple[str, str]]:
