@@ -107,3 +107,47 @@ def test_an_unreadable_unit_keeps_earlier_parts_and_writes_no_marker(tmp_path, f
     assert stats["fatal"] and "unreadable" in stats["fatal"]
     assert part.read_bytes() == before                      # no empty part over the earlier one
     assert not (tmp_path / "out" / "_units" / f"{task['unit_id']}.json").exists()   # retried next run
+
+
+def _dedup_without_ray(out: str, order: list[str]) -> None:
+    """drop_cross_unit_duplicates' steps, composed in one process (its pure parts)."""
+    import pyarrow as pa
+
+    from embedforge.prepare.stage import drop_rows, id_rows, later_copies, ordered_parts
+
+    paths = ordered_parts(out, order)
+    dups = later_copies(id_rows(pa.table({"file": list(range(len(paths)))}), paths, 1))
+    for f in sorted(set(dups.column("file").to_pylist())):
+        drop_rows(dups.filter(pa.compute.equal(dups.column("file"), f)), paths)
+
+
+def test_a_large_parquet_source_splits_by_row_groups_with_the_same_samples(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text1": f"left {i % 37}", "text2": f"right {i % 37}", "score": str(i % 37 % 6)}
+            for i in range(300)]  # each pair 8 times: duplicates inside and across pieces
+    rows[5]["score"] = "not a number"
+    rows[200]["text1"] = ""
+    src = tmp_path / "sts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=25)
+    spec = SourceSpec(name="s", format="sts", path=str(src), score_range=(0, 5))
+    whole = plan_source(spec, {}, 1 << 30)
+    pieces = plan_source(spec, {}, 600)
+    assert len(whole) == 1 and whole[0]["unit"]["end"] == -1
+    assert len(pieces) > 3
+    assert pieces[0]["unit"]["start"] == 0 and pieces[-1]["unit"]["end"] == 12
+    assert [p["unit"]["first_line"] for p in pieces] == [1 + 25 * p["unit"]["start"] for p in pieces]
+    results = {}
+    for name, tasks in (("whole", whole), ("pieces", pieces)):
+        out = str(tmp_path / name)
+        stats = [process_unit(t, out) for t in tasks]
+        _dedup_without_ray(out, [t["unit_id"] for t in tasks])
+        samples = eio.read_samples(out).drop_columns(["id"]).to_pylist()
+        rejected = [(r["line"], r["reason"]) for f in eio.list_files(f"{out}/rejected", ".jsonl")
+                    for r in eio.read_jsonl(f)]
+        results[name] = (sorted(samples, key=lambda r: json.dumps(r, sort_keys=True)),
+                         sorted(rejected), sum(s["rows_in"] for s in stats))
+    assert results["pieces"] == results["whole"]
+    assert results["whole"][1] == [(6, "bad_score"), (201, "empty_text")]
+    assert results["whole"][2] == 300 and len(results["whole"][0]) == 2 * 37

@@ -245,7 +245,7 @@ def iter_records(
         elif ext == ".json":
             yield from _iter_json(unit.path, limit)
         elif ext == ".parquet":
-            yield from _iter_parquet(unit.path, limit)
+            yield from _iter_parquet(unit, limit)
         else:
             raise SourceError(f"{unit.path}: unsupported file type {ext!r}")
     except (OSError, EOFError) as exc:
@@ -370,19 +370,52 @@ def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
                          reason="wrong_type", raw=json.dumps(item, ensure_ascii=False)[:500])
 
 
-def _iter_parquet(path: str, limit: int | None) -> Iterator[Record]:
-    fs, p = fs_and_path(path)
+def _iter_parquet(unit: FileUnit, limit: int | None) -> Iterator[Record]:
+    """Rows of a Parquet file, or of the row groups ``[start, end)`` of a piece planned by
+    :func:`plan_parquet_units` (``end >= 0``); record numbers count from ``first_line`` so a
+    piece's rows keep the numbers they have in the whole file."""
+    fs, p = fs_and_path(unit.path)
     try:
         pf = pq.ParquetFile(fs.open(p, "rb"))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise SourceError(f"{path}: not a readable Parquet file ({exc})") from exc
-    i = 0
-    for batch in pf.iter_batches(batch_size=4096):
+        raise SourceError(f"{unit.path}: not a readable Parquet file ({exc})") from exc
+    groups = None if unit.end < 0 else list(range(unit.start, unit.end))
+    i, n = unit.first_line - 1, 0
+    for batch in pf.iter_batches(batch_size=4096, row_groups=groups):
         for row in batch.to_pylist():
-            i += 1
-            if limit is not None and i > limit:
+            i, n = i + 1, n + 1
+            if limit is not None and n > limit:
                 return
-            yield Record(path, i, data=row)
+            yield Record(unit.path, i, data=row)
+
+
+def plan_parquet_units(path: str, chunk_bytes: int) -> list[FileUnit]:
+    """Split a Parquet file into pieces of whole row groups of about ``chunk_bytes``
+    (compressed), like :func:`plan_file_units` splits line files: ``start``/``end`` are
+    row-group indexes and ``first_line`` the 1-based number of the piece's first row.
+
+    Only the footer is read. A file that fits in one chunk, or has one row group, stays one
+    unit with the same id as before.
+    """
+    fs, p = fs_and_path(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            md = pq.ParquetFile(fh).metadata
+    except (pa.ArrowInvalid, OSError):
+        return [FileUnit(path=path)]  # its unit reports the unreadable file, as before
+    sizes = [sum(md.row_group(g).column(c).total_compressed_size for c in range(md.num_columns))
+             for g in range(md.num_row_groups)]
+    if md.num_row_groups <= 1 or sum(sizes) <= chunk_bytes:
+        return [FileUnit(path=path)]
+    units: list[FileUnit] = []
+    start, size, line = 0, 0, 1
+    for g in range(md.num_row_groups):
+        size += sizes[g]
+        if size >= chunk_bytes or g == md.num_row_groups - 1:
+            units.append(FileUnit(path, start, g + 1, line))
+            line += sum(md.row_group(x).num_rows for x in range(start, g + 1))
+            start, size = g + 1, 0
+    return units
 
 
 def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:

@@ -101,6 +101,10 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
         line_based = delim == "\t" or ext in (".tsv", ".txt")
         if path.startswith(eio.HF_PREFIX) or (ext == ".csv" and not line_based):
             pieces = [eio.FileUnit(path=path, header=header)]
+        elif ext == ".parquet" and spec.limit is None and not eio.is_compressed(path):
+            # whole row groups per piece; with a limit the first rows of the file, not of
+            # each piece, are wanted: one unit
+            pieces = eio.plan_parquet_units(path, chunk_bytes)
         else:
             pieces = eio.plan_file_units(path, chunk_bytes, header, force=line_based)
         for u in pieces:
