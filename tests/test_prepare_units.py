@@ -151,3 +151,46 @@ def test_a_large_parquet_source_splits_by_row_groups_with_the_same_samples(tmp_p
     assert results["pieces"] == results["whole"]
     assert results["whole"][1] == [(6, "bad_score"), (201, "empty_text")]
     assert results["whole"][2] == 300 and len(results["whole"][0]) == 2 * 37
+
+
+def _prepare_twice(tmp_path, spec, whole_chunk, piece_chunk):
+    """(plans, results) of preparing ``spec`` as one unit and as pieces, without Ray."""
+    results, plans = {}, {}
+    for name, chunk in (("whole", whole_chunk), ("pieces", piece_chunk)):
+        tasks = plan_source(spec, {}, chunk)
+        out = str(tmp_path / name)
+        stats = [process_unit(t, out) for t in tasks]
+        _dedup_without_ray(out, [t["unit_id"] for t in tasks])
+        samples = eio.read_samples(out).drop_columns(["id"]).to_pylist()
+        rejected = [(r["line"], r["reason"], r["raw"])
+                    for f in eio.list_files(f"{out}/rejected", ".jsonl") for r in eio.read_jsonl(f)]
+        plans[name] = tasks
+        results[name] = (sorted(samples, key=lambda r: json.dumps(r, sort_keys=True)),
+                         sorted(rejected), sum(s["rows_in"] for s in stats))
+    return plans, results
+
+
+def test_a_large_quoted_csv_splits_on_record_boundaries_with_the_same_samples(tmp_path):
+    lines = ["text1,text2,score"]
+    for i in range(200):
+        a = f'"first ""{i % 41}""\r\nstill the first, ünïcödé"' if i % 3 == 0 else f"plain {i % 41}"
+        lines.append(f"{a},second {i % 41},{i % 41 % 6}")
+        if i % 50 == 7:
+            lines.append("")                     # blank line
+        if i % 60 == 11:
+            lines.append("only one field")       # missing_field
+    src = tmp_path / "sts.csv"
+    src.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
+    spec = SourceSpec(name="s", format="sts", path=str(src), score_range=(0, 5))
+    plans, results = _prepare_twice(tmp_path, spec, 1 << 30, 700)
+    assert len(plans["whole"]) == 1 and len(plans["pieces"]) > 5
+    data = src.read_bytes()
+    for t in plans["pieces"][1:]:  # every piece starts a record, never inside quotes
+        assert data[t["unit"]["start"] - 2:t["unit"]["start"]] == b"\r\n"
+        assert data[:t["unit"]["start"]].count(b'"') % 2 == 0
+        assert t["unit"]["first_line"] == data[:t["unit"]["start"]].count(b"\n") + 1
+    assert results["pieces"] == results["whole"]
+    samples, rejected, rows_in = results["whole"]
+    assert [r[1] for r in rejected] == ["missing_field"] * 4 and rows_in == 204
+    assert len(samples) == 2 * 41 * 2  # quoted and plain first fields, each also swapped
+    assert any("\r\nstill the first" in s["query"] for s in samples)

@@ -241,7 +241,7 @@ def iter_records(
                 unit, delimiter or "\t", columns, has_header, limit
             )
         elif ext == ".csv":
-            yield from _iter_csv(unit.path, delimiter or ",", columns, has_header, limit)
+            yield from _iter_csv(unit, delimiter or ",", columns, has_header, limit)
         elif ext == ".json":
             yield from _iter_json(unit.path, limit)
         elif ext == ".parquet":
@@ -314,20 +314,30 @@ def _iter_delimited_lines(
 
 
 def _iter_csv(
-    path: str, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
+    unit: FileUnit, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
 ) -> Iterator[Record]:
+    """Rows of a quoted CSV file, or of the byte range of a piece planned by
+    :func:`plan_csv_units` (``end >= 0``: starts on a record boundary, no header, line numbers
+    from ``first_line``)."""
+    path = unit.path
     fs, p = fs_and_path(path)
-    with fs.open(p, "rb", compression="infer") as fh:
+    piece = unit.end >= 0
+    with fs.open(p, "rb", compression=None if piece else "infer") as fh:
+        if piece:
+            fh.seek(unit.start)
+        raw = fh.read(unit.end - unit.start) if piece else fh.read()
         try:
-            text = fh.read().decode("utf-8-sig")
+            text = raw.decode("utf-8-sig" if unit.start == 0 else "utf-8")
         except UnicodeDecodeError as exc:
             raise SourceError(f"{path}: not valid UTF-8 ({exc})") from exc
+    del raw
     reader = csv.reader(_io.StringIO(text, newline=""), delimiter=delimiter)
     names = columns
-    first = True
+    first = unit.start == 0
+    offset = unit.first_line - 1
     n = 0
     for row in reader:
-        line = reader.line_num
+        line = offset + reader.line_num
         if first:
             first = False
             if has_header:
@@ -346,6 +356,50 @@ def _iter_csv(
                          error=f"expected {len(names)} columns ({', '.join(names)}), found {len(row)}")
             continue
         yield Record(path, line, data=dict(zip(names, row, strict=False)))
+
+
+def plan_csv_units(path: str, chunk_bytes: int, header: list[str] | None,
+                   delimiter: str = ",") -> list[FileUnit]:
+    """Split a quoted CSV file into byte ranges that start on record boundaries.
+
+    A newline inside a quoted field is not a boundary, so the file is parsed once here with
+    the same ``csv`` reader the pieces use, fed line by line: when it returns a record, the
+    lines it has pulled are exactly that record's, which gives the byte offset and the line
+    number of the next one. Memory is one line. Compressed, small or undecodable files stay
+    one unit (an undecodable one reports the error when read, as before).
+    """
+    if is_compressed(path) or path.startswith(HF_PREFIX):
+        return [FileUnit(path=path, header=header)]
+    fs, p = fs_and_path(path)
+    size = fs.size(p)
+    if size <= chunk_bytes:
+        return [FileUnit(path=path, header=header)]
+    consumed = [0]  # bytes of the lines handed to the reader so far
+
+    def lines(fh: Any) -> Iterator[str]:
+        for i, ln in enumerate(fh):
+            consumed[0] += len(ln.encode("utf-8")) + (3 if i == 0 and bom else 0)
+            yield ln
+
+    units: list[FileUnit] = []
+    try:
+        with fs.open(p, "rb") as raw:
+            bom = raw.read(3) == b"\xef\xbb\xbf"
+            raw.seek(0)
+            text = _io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            reader = csv.reader(lines(text), delimiter=delimiter)
+            start, first_line, target = 0, 1, chunk_bytes
+            for _ in reader:
+                if consumed[0] >= target and consumed[0] < size:
+                    units.append(FileUnit(path, start, consumed[0], first_line, header))
+                    start, first_line = consumed[0], reader.line_num + 1
+                    target = start + chunk_bytes
+    except (UnicodeDecodeError, csv.Error):
+        return [FileUnit(path=path, header=header)]
+    if not units:
+        return [FileUnit(path=path, header=header)]
+    units.append(FileUnit(path, start, size, first_line, header))
+    return units
 
 
 def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
