@@ -194,3 +194,52 @@ def test_a_large_quoted_csv_splits_on_record_boundaries_with_the_same_samples(tm
     assert [r[1] for r in rejected] == ["missing_field"] * 4 and rows_in == 204
     assert len(samples) == 2 * 41 * 2  # quoted and plain first fields, each also swapped
     assert any("\r\nstill the first" in s["query"] for s in samples)
+
+
+def _tricky_json(path, n=120):
+    items = []
+    for i in range(n):
+        if i % 37 == 5:
+            items.append(["not", "an", {"object": i}])  # wrong_type
+            continue
+        items.append({"query": f'q [{i % 29}], "quoted" \\ {{brace}} ünï',
+                      "positive": f"p{i % 29} ]}},\\\"", "meta": {"nested": [[i, {"a": "]"}], []]}})
+    text = json.dumps(items, ensure_ascii=False, indent=1 if n % 2 else None)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8") + b"\n")
+    return items
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 22])
+def test_json_pieces_hold_whole_items_whatever_the_scan_block(tmp_path, block):
+    items = _tricky_json(tmp_path / "a.json")
+    units = eio.plan_json_units(str(tmp_path / "a.json"), 500, block_bytes=block)
+    assert len(units) > 5
+    data = (tmp_path / "a.json").read_bytes()
+    got = []
+    for u in units:
+        part = json.loads("[" + data[u.start:u.end].decode("utf-8") + "]")
+        assert u.first_line == len(got) + 1
+        got.extend(part)
+    assert got == items
+
+
+def test_json_that_is_not_a_plain_list_stays_one_unit(tmp_path):
+    big = [{"query": "x" * 50, "positive": "y"}] * 40
+    for name, text in (("obj.json", json.dumps({"data": big})),
+                       ("trailing.json", json.dumps(big) + " garbage"),
+                       ("two.json", json.dumps(big) + json.dumps(big)),
+                       ("open.json", json.dumps(big)[:-1])):
+        (tmp_path / name).write_text(text)
+        assert eio.plan_json_units(str(tmp_path / name), 200) == [eio.FileUnit(str(tmp_path / name))]
+
+
+def test_a_large_json_list_splits_into_items_with_the_same_samples(tmp_path):
+    _tricky_json(tmp_path / "qa.json", 121)
+    spec = SourceSpec(name="j", format="qa", path=str(tmp_path / "qa.json"))
+    plans, results = _prepare_twice(tmp_path, spec, 1 << 30, 900)
+    assert len(plans["whole"]) == 1 and len(plans["pieces"]) > 5
+    assert results["pieces"] == results["whole"]
+    samples, rejected, rows_in = results["whole"]
+    assert [r[:2] for r in rejected] == [(6, "wrong_type"), (43, "wrong_type"), (80, "wrong_type"),
+                                         (117, "wrong_type")]
+    assert rows_in == 121 and len(samples) == 29

@@ -12,6 +12,7 @@ import io as _io
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ def iter_records(
         elif ext == ".csv":
             yield from _iter_csv(unit, delimiter or ",", columns, has_header, limit)
         elif ext == ".json":
-            yield from _iter_json(unit.path, limit)
+            yield from _iter_json(unit, limit)
         elif ext == ".parquet":
             yield from _iter_parquet(unit, limit)
         else:
@@ -402,13 +403,23 @@ def plan_csv_units(path: str, chunk_bytes: int, header: list[str] | None,
     return units
 
 
-def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
+def _iter_json(unit: FileUnit, limit: int | None) -> Iterator[Record]:
+    """Items of a JSON list file (or ``{"data": [...]}``), or of the byte range of a piece
+    planned by :func:`plan_json_units` (``end >= 0``: whole items of the top-level list,
+    numbered from ``first_line``)."""
+    path = unit.path
     fs, p = fs_and_path(path)
-    with fs.open(p, "rb", compression="infer") as fh:
+    piece = unit.end >= 0
+    with fs.open(p, "rb", compression=None if piece else "infer") as fh:
+        if piece:
+            fh.seek(unit.start)
+        raw = fh.read(unit.end - unit.start) if piece else fh.read()
         try:
-            obj = json.loads(fh.read().decode("utf-8-sig"))
+            text = raw.decode("utf-8" if piece else "utf-8-sig")
+            obj = json.loads("[" + text + "]" if piece else text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SourceError(f"{path}: not a valid JSON file ({exc})") from exc
+    del raw, text
     if isinstance(obj, dict):
         for key in ("data", "rows", "examples", "items"):
             if isinstance(obj.get(key), list):
@@ -416,12 +427,88 @@ def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
                 break
     if not isinstance(obj, list):
         raise SourceError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
-    for i, item in enumerate(obj[:limit] if limit else obj, start=1):
+    for i, item in enumerate(obj[:limit] if limit else obj, start=unit.first_line):
         if isinstance(item, dict):
             yield Record(path, i, data=item)
         else:
             yield Record(path, i, error=f"item {i} is a {type(item).__name__}, not an object",
                          reason="wrong_type", raw=json.dumps(item, ensure_ascii=False)[:500])
+
+
+_JSON_TOKENS = re.compile(rb'[\\"\[\]{},]')
+
+
+def plan_json_units(path: str, chunk_bytes: int, block_bytes: int = 1 << 22) -> list[FileUnit]:
+    """Split a JSON file whose top level is a list into pieces of whole items of about
+    ``chunk_bytes``: ``[start, end)`` holds items without the brackets and the commas around
+    them, ``first_line`` is the number of its first item.
+
+    One streaming scan of the bytes (strings, escapes and nesting), ``block_bytes`` at a time,
+    no parse: memory is one block. Anything else (a ``{"data": [...]}`` object, text after the
+    list, an unterminated list, compressed or small files) stays one unit, which then reports
+    a broken file as before; a syntax error inside an item fails only its piece.
+    """
+    if is_compressed(path) or path.startswith(HF_PREFIX):
+        return [FileUnit(path=path)]
+    fs, p = fs_and_path(path)
+    if fs.size(p) <= chunk_bytes:
+        return [FileUnit(path=path)]
+    cuts: list[tuple[int, int, int]] = []   # (start, end, first item) of each piece
+    depth, in_str, escaped_at = 0, False, -1
+    start = first = closed = -1
+    items = 0
+    with fs.open(p, "rb") as fh:
+        base = 0
+        head = fh.read(3)
+        base = 3 if head == b"\xef\xbb\xbf" else 0
+        fh.seek(base)
+        while block := fh.read(block_bytes):
+            if closed >= 0:
+                if block.strip():
+                    return [FileUnit(path=path)]   # text after the list
+                base += len(block)
+                continue
+            if depth == 0 and start < 0:
+                lead = block.lstrip()
+                if not lead:
+                    base += len(block)
+                    continue
+                if lead[:1] != b"[":
+                    return [FileUnit(path=path)]   # an object, a scalar: one unit
+            for m in _JSON_TOKENS.finditer(block):
+                pos, c = base + m.start(), m.group()
+                if in_str:
+                    if pos == escaped_at:
+                        continue
+                    if c == b"\\":
+                        escaped_at = pos + 1
+                    elif c == b'"':
+                        in_str = False
+                    continue
+                if closed >= 0:
+                    return [FileUnit(path=path)]
+                if c == b'"':
+                    in_str = True
+                elif c in (b"[", b"{"):
+                    depth += 1
+                    if depth == 1:
+                        start, first, items = pos + 1, 1, 1
+                elif c in (b"]", b"}"):
+                    depth -= 1
+                    if depth == 0:
+                        closed = pos
+                elif c == b"," and depth == 1:
+                    items += 1
+                    if pos - start >= chunk_bytes:
+                        cuts.append((start, pos, first))
+                        start, first = pos + 1, items
+            if closed >= 0 and block[closed - base + 1:].strip():
+                return [FileUnit(path=path)]
+            base += len(block)
+    if closed < 0 or depth != 0 or not cuts:
+        return [FileUnit(path=path)]
+    cuts.append((start, closed, first))
+    return [FileUnit(path, a, b, n) for a, b, n in cuts]
 
 
 def _iter_parquet(unit: FileUnit, limit: int | None) -> Iterator[Record]:

@@ -104,6 +104,8 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
             pieces = [eio.FileUnit(path=path, header=header)]
         elif ext == ".csv" and not line_based:  # quoted CSV: pieces on record boundaries
             pieces = eio.plan_csv_units(path, chunk_bytes, header, delim or ",")
+        elif ext == ".json" and spec.limit is None:  # a list: pieces of whole items
+            pieces = eio.plan_json_units(path, chunk_bytes)
         elif ext == ".parquet" and spec.limit is None and not eio.is_compressed(path):
             # whole row groups per piece; with a limit the first rows of the file, not of
             # each piece, are wanted: one unit
