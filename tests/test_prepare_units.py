@@ -155,16 +155,16 @@ def test_a_large_parquet_source_splits_by_row_groups_with_the_same_samples(tmp_p
 
 def _prepare_twice(tmp_path, spec, whole_chunk, piece_chunk):
     """(plans, results) of preparing ``spec`` as one unit and as pieces, without Ray."""
-    results, plans = {}, {}
-    for name, chunk in (("whole", whole_chunk), ("pieces", piece_chunk)):
-        tasks = plan_source(spec, {}, chunk)
+    results = {}
+    # plan both before reading anything (a loaded hf: dataset replaces its card's counts)
+    plans = {"whole": plan_source(spec, {}, whole_chunk), "pieces": plan_source(spec, {}, piece_chunk)}
+    for name, tasks in plans.items():
         out = str(tmp_path / name)
         stats = [process_unit(t, out) for t in tasks]
         _dedup_without_ray(out, [t["unit_id"] for t in tasks])
         samples = eio.read_samples(out).drop_columns(["id"]).to_pylist()
         rejected = [(r["line"], r["reason"], r["raw"])
                     for f in eio.list_files(f"{out}/rejected", ".jsonl") for r in eio.read_jsonl(f)]
-        plans[name] = tasks
         results[name] = (sorted(samples, key=lambda r: json.dumps(r, sort_keys=True)),
                          sorted(rejected), sum(s["rows_in"] for s in stats))
     return plans, results
@@ -243,3 +243,34 @@ def test_a_large_json_list_splits_into_items_with_the_same_samples(tmp_path):
     assert [r[:2] for r in rejected] == [(6, "wrong_type"), (43, "wrong_type"), (80, "wrong_type"),
                                          (117, "wrong_type")]
     assert rows_in == 121 and len(samples) == 29
+
+
+def _hf_folder(path, rows, card_rows, card_bytes):
+    path.mkdir()
+    lines = [json.dumps({"query": f"q{i % 23}", "positive": f"p{i % 23}"}) for i in range(rows)]
+    lines[9] = json.dumps({"query": "", "positive": "empty query"})
+    (path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (path / "README.md").write_text(
+        "---\ndataset_info:\n  splits:\n  - name: train\n"
+        f"    num_bytes: {card_bytes}\n    num_examples: {card_rows}\n---\n")
+
+
+def test_a_large_hf_split_splits_into_row_ranges_with_the_same_samples(tmp_path):
+    card_rows = 90  # a card whose counts are wrong fails datasets' own split verification
+    _hf_folder(tmp_path / "ds", 90, card_rows, 9000)
+    spec = SourceSpec(name="h", format="qa", path=f"hf:{tmp_path / 'ds'}:train")
+    plans, results = _prepare_twice(tmp_path, spec, 1 << 30, 2000)
+    assert len(plans["whole"]) == 1 and plans["whole"][0]["unit"]["end"] == -1
+    assert len(plans["pieces"]) == -(-card_rows // (card_rows * 2000 // 9000 + 1)) >= 4
+    assert plans["pieces"][-1]["unit"]["end"] == -1  # the last piece runs to the end
+    assert results["pieces"] == results["whole"]
+    samples, rejected, rows_in = results["whole"]
+    assert [r[0] for r in rejected] == [10] and rows_in == 90 and len(samples) == 23
+
+
+def test_an_hf_split_without_counts_stays_one_unit(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text('{"query": "q", "positive": "p"}\n' * 50)
+    uri = f"hf:{tmp_path / 'ds'}:train"
+    assert eio.plan_hf_units(uri, 10) == [eio.FileUnit(uri)]
+    assert eio.plan_hf_units(f"hf:{tmp_path}/missing", 10) == [eio.FileUnit(f"hf:{tmp_path}/missing")]

@@ -232,7 +232,7 @@ def iter_records(
     if line_based and ext in (".csv", ".tsv", ".txt"):
         ext = ".tsv"
     if unit.path.startswith(HF_PREFIX):
-        yield from _iter_hf(unit.path, limit)
+        yield from _iter_hf(unit, limit)
         return
     try:
         if ext in (".jsonl", ".ndjson"):
@@ -572,19 +572,51 @@ def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
     return body, config, split or None
 
 
-def _iter_hf(uri: str, limit: int | None) -> Iterator[Record]:
-    """Rows of a Hugging Face dataset (hub id or local dataset folder) via ``datasets``."""
+def _iter_hf(unit: FileUnit, limit: int | None) -> Iterator[Record]:
+    """Rows of a Hugging Face dataset (hub id or local dataset folder) via ``datasets``; for a
+    piece planned by :func:`plan_hf_units`, rows ``[start, end)`` (``end < 0``: to the last
+    row), numbered as in the whole split."""
     import datasets
 
+    uri = unit.path
     name, config, split = parse_hf_uri(uri)
     try:
         ds = datasets.load_dataset(name, config, split=split or "train")
     except Exception as exc:  # hub unreachable, unknown name, bad split: all a SourceError
         raise SourceError(f"{uri}: cannot load Hugging Face dataset ({type(exc).__name__}: {exc})") from exc
-    for i, row in enumerate(ds, start=1):
-        if limit is not None and i > limit:
+    lo = 0
+    if unit.start > 0 or unit.end >= 0:
+        n = len(ds)
+        lo = min(unit.start, n)
+        ds = ds.select(range(lo, n if unit.end < 0 else min(unit.end, n)))
+    for i, row in enumerate(ds, start=lo + 1):
+        if limit is not None and i - lo > limit:
             return
         yield Record(uri, i, data=dict(row))
+
+
+def plan_hf_units(uri: str, chunk_bytes: int) -> list[FileUnit]:
+    """Split a Hugging Face dataset split into row ranges of about ``chunk_bytes``, from the
+    row and byte counts its card declares (``load_dataset_builder``: metadata, no download).
+
+    The last piece runs to the end of the split and ranges are clamped to it, so counts that
+    differ from the loaded split (``datasets`` verifies them unless told not to) lose no rows.
+    Without counts, or when they cannot be read, the split stays one unit with its former id.
+    A loaded split's cached info replaces the card's counts, so later plans use the real ones.
+    """
+    name, config, split = parse_hf_uri(uri)
+    try:
+        import datasets
+
+        info = (datasets.load_dataset_builder(name, config).info.splits or {})[split or "train"]
+        rows, size = int(info.num_examples or 0), int(info.num_bytes or 0)
+    except Exception:  # any failure here only means "do not split"
+        return [FileUnit(path=uri)]
+    if rows <= 1 or size <= chunk_bytes:
+        return [FileUnit(path=uri)]
+    per = max(1, -(-rows * chunk_bytes // size))
+    starts = list(range(0, rows, per))
+    return [FileUnit(uri, a, b, a + 1) for a, b in zip(starts, [*starts[1:], -1], strict=True)]
 
 
 # ----------------------------------------------------------------------------- writing

@@ -99,8 +99,10 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
             else:
                 header = spec.columns
         line_based = delim == "\t" or ext in (".tsv", ".txt")
-        if path.startswith(eio.HF_PREFIX) or (ext == ".csv" and not line_based and
-                                              spec.limit is not None):
+        if path.startswith(eio.HF_PREFIX):  # row ranges from the dataset card's counts
+            pieces = (eio.plan_hf_units(path, chunk_bytes) if spec.limit is None
+                      else [eio.FileUnit(path=path, header=header)])
+        elif ext == ".csv" and not line_based and spec.limit is not None:
             pieces = [eio.FileUnit(path=path, header=header)]
         elif ext == ".csv" and not line_based:  # quoted CSV: pieces on record boundaries
             pieces = eio.plan_csv_units(path, chunk_bytes, header, delim or ",")
