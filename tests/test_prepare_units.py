@@ -107,3 +107,170 @@ def test_an_unreadable_unit_keeps_earlier_parts_and_writes_no_marker(tmp_path, f
     assert stats["fatal"] and "unreadable" in stats["fatal"]
     assert part.read_bytes() == before                      # no empty part over the earlier one
     assert not (tmp_path / "out" / "_units" / f"{task['unit_id']}.json").exists()   # retried next run
+
+
+def _dedup_without_ray(out: str, order: list[str]) -> None:
+    """drop_cross_unit_duplicates' steps, composed in one process (its pure parts)."""
+    import pyarrow as pa
+
+    from embedforge.prepare.stage import drop_rows, id_rows, later_copies, ordered_parts
+
+    paths = ordered_parts(out, order)
+    dups = later_copies(id_rows(pa.table({"file": list(range(len(paths)))}), paths, 1))
+    for f in sorted(set(dups.column("file").to_pylist())):
+        drop_rows(dups.filter(pa.compute.equal(dups.column("file"), f)), paths)
+
+
+def test_a_large_parquet_source_splits_by_row_groups_with_the_same_samples(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text1": f"left {i % 37}", "text2": f"right {i % 37}", "score": str(i % 37 % 6)}
+            for i in range(300)]  # each pair 8 times: duplicates inside and across pieces
+    rows[5]["score"] = "not a number"
+    rows[200]["text1"] = ""
+    src = tmp_path / "sts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=25)
+    spec = SourceSpec(name="s", format="sts", path=str(src), score_range=(0, 5))
+    whole = plan_source(spec, {}, 1 << 30)
+    pieces = plan_source(spec, {}, 600)
+    assert len(whole) == 1 and whole[0]["unit"]["end"] == -1
+    assert len(pieces) > 3
+    assert pieces[0]["unit"]["start"] == 0 and pieces[-1]["unit"]["end"] == 12
+    assert [p["unit"]["first_line"] for p in pieces] == [1 + 25 * p["unit"]["start"] for p in pieces]
+    results = {}
+    for name, tasks in (("whole", whole), ("pieces", pieces)):
+        out = str(tmp_path / name)
+        stats = [process_unit(t, out) for t in tasks]
+        _dedup_without_ray(out, [t["unit_id"] for t in tasks])
+        samples = eio.read_samples(out).drop_columns(["id"]).to_pylist()
+        rejected = [(r["line"], r["reason"]) for f in eio.list_files(f"{out}/rejected", ".jsonl")
+                    for r in eio.read_jsonl(f)]
+        results[name] = (sorted(samples, key=lambda r: json.dumps(r, sort_keys=True)),
+                         sorted(rejected), sum(s["rows_in"] for s in stats))
+    assert results["pieces"] == results["whole"]
+    assert results["whole"][1] == [(6, "bad_score"), (201, "empty_text")]
+    assert results["whole"][2] == 300 and len(results["whole"][0]) == 2 * 37
+
+
+def _prepare_twice(tmp_path, spec, whole_chunk, piece_chunk):
+    """(plans, results) of preparing ``spec`` as one unit and as pieces, without Ray."""
+    results = {}
+    # plan both before reading anything (a loaded hf: dataset replaces its card's counts)
+    plans = {"whole": plan_source(spec, {}, whole_chunk), "pieces": plan_source(spec, {}, piece_chunk)}
+    for name, tasks in plans.items():
+        out = str(tmp_path / name)
+        stats = [process_unit(t, out) for t in tasks]
+        _dedup_without_ray(out, [t["unit_id"] for t in tasks])
+        samples = eio.read_samples(out).drop_columns(["id"]).to_pylist()
+        rejected = [(r["line"], r["reason"], r["raw"])
+                    for f in eio.list_files(f"{out}/rejected", ".jsonl") for r in eio.read_jsonl(f)]
+        results[name] = (sorted(samples, key=lambda r: json.dumps(r, sort_keys=True)),
+                         sorted(rejected), sum(s["rows_in"] for s in stats))
+    return plans, results
+
+
+def test_a_large_quoted_csv_splits_on_record_boundaries_with_the_same_samples(tmp_path):
+    lines = ["text1,text2,score"]
+    for i in range(200):
+        a = f'"first ""{i % 41}""\r\nstill the first, ünïcödé"' if i % 3 == 0 else f"plain {i % 41}"
+        lines.append(f"{a},second {i % 41},{i % 41 % 6}")
+        if i % 50 == 7:
+            lines.append("")                     # blank line
+        if i % 60 == 11:
+            lines.append("only one field")       # missing_field
+    src = tmp_path / "sts.csv"
+    src.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
+    spec = SourceSpec(name="s", format="sts", path=str(src), score_range=(0, 5))
+    plans, results = _prepare_twice(tmp_path, spec, 1 << 30, 700)
+    assert len(plans["whole"]) == 1 and len(plans["pieces"]) > 5
+    data = src.read_bytes()
+    for t in plans["pieces"][1:]:  # every piece starts a record, never inside quotes
+        assert data[t["unit"]["start"] - 2:t["unit"]["start"]] == b"\r\n"
+        assert data[:t["unit"]["start"]].count(b'"') % 2 == 0
+        assert t["unit"]["first_line"] == data[:t["unit"]["start"]].count(b"\n") + 1
+    assert results["pieces"] == results["whole"]
+    samples, rejected, rows_in = results["whole"]
+    assert [r[1] for r in rejected] == ["missing_field"] * 4 and rows_in == 204
+    assert len(samples) == 2 * 41 * 2  # quoted and plain first fields, each also swapped
+    assert any("\r\nstill the first" in s["query"] for s in samples)
+
+
+def _tricky_json(path, n=120):
+    items = []
+    for i in range(n):
+        if i % 37 == 5:
+            items.append(["not", "an", {"object": i}])  # wrong_type
+            continue
+        items.append({"query": f'q [{i % 29}], "quoted" \\ {{brace}} ünï',
+                      "positive": f"p{i % 29} ]}},\\\"", "meta": {"nested": [[i, {"a": "]"}], []]}})
+    text = json.dumps(items, ensure_ascii=False, indent=1 if n % 2 else None)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8") + b"\n")
+    return items
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 22])
+def test_json_pieces_hold_whole_items_whatever_the_scan_block(tmp_path, block):
+    items = _tricky_json(tmp_path / "a.json")
+    units = eio.plan_json_units(str(tmp_path / "a.json"), 500, block_bytes=block)
+    assert len(units) > 5
+    data = (tmp_path / "a.json").read_bytes()
+    got = []
+    for u in units:
+        part = json.loads("[" + data[u.start:u.end].decode("utf-8") + "]")
+        assert u.first_line == len(got) + 1
+        got.extend(part)
+    assert got == items
+
+
+def test_json_that_is_not_a_plain_list_stays_one_unit(tmp_path):
+    big = [{"query": "x" * 50, "positive": "y"}] * 40
+    for name, text in (("obj.json", json.dumps({"data": big})),
+                       ("trailing.json", json.dumps(big) + " garbage"),
+                       ("two.json", json.dumps(big) + json.dumps(big)),
+                       ("open.json", json.dumps(big)[:-1])):
+        (tmp_path / name).write_text(text)
+        assert eio.plan_json_units(str(tmp_path / name), 200) == [eio.FileUnit(str(tmp_path / name))]
+
+
+def test_a_large_json_list_splits_into_items_with_the_same_samples(tmp_path):
+    _tricky_json(tmp_path / "qa.json", 121)
+    spec = SourceSpec(name="j", format="qa", path=str(tmp_path / "qa.json"))
+    plans, results = _prepare_twice(tmp_path, spec, 1 << 30, 900)
+    assert len(plans["whole"]) == 1 and len(plans["pieces"]) > 5
+    assert results["pieces"] == results["whole"]
+    samples, rejected, rows_in = results["whole"]
+    assert [r[:2] for r in rejected] == [(6, "wrong_type"), (43, "wrong_type"), (80, "wrong_type"),
+                                         (117, "wrong_type")]
+    assert rows_in == 121 and len(samples) == 29
+
+
+def _hf_folder(path, rows, card_rows, card_bytes):
+    path.mkdir()
+    lines = [json.dumps({"query": f"q{i % 23}", "positive": f"p{i % 23}"}) for i in range(rows)]
+    lines[9] = json.dumps({"query": "", "positive": "empty query"})
+    (path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (path / "README.md").write_text(
+        "---\ndataset_info:\n  splits:\n  - name: train\n"
+        f"    num_bytes: {card_bytes}\n    num_examples: {card_rows}\n---\n")
+
+
+def test_a_large_hf_split_splits_into_row_ranges_with_the_same_samples(tmp_path):
+    card_rows = 90  # a card whose counts are wrong fails datasets' own split verification
+    _hf_folder(tmp_path / "ds", 90, card_rows, 9000)
+    spec = SourceSpec(name="h", format="qa", path=f"hf:{tmp_path / 'ds'}:train")
+    plans, results = _prepare_twice(tmp_path, spec, 1 << 30, 2000)
+    assert len(plans["whole"]) == 1 and plans["whole"][0]["unit"]["end"] == -1
+    assert len(plans["pieces"]) == -(-card_rows // (card_rows * 2000 // 9000 + 1)) >= 4
+    assert plans["pieces"][-1]["unit"]["end"] == -1  # the last piece runs to the end
+    assert results["pieces"] == results["whole"]
+    samples, rejected, rows_in = results["whole"]
+    assert [r[0] for r in rejected] == [10] and rows_in == 90 and len(samples) == 23
+
+
+def test_an_hf_split_without_counts_stays_one_unit(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text('{"query": "q", "positive": "p"}\n' * 50)
+    uri = f"hf:{tmp_path / 'ds'}:train"
+    assert eio.plan_hf_units(uri, 10) == [eio.FileUnit(uri)]
+    assert eio.plan_hf_units(f"hf:{tmp_path}/missing", 10) == [eio.FileUnit(f"hf:{tmp_path}/missing")]

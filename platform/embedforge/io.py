@@ -12,6 +12,7 @@ import io as _io
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -231,7 +232,7 @@ def iter_records(
     if line_based and ext in (".csv", ".tsv", ".txt"):
         ext = ".tsv"
     if unit.path.startswith(HF_PREFIX):
-        yield from _iter_hf(unit.path, limit)
+        yield from _iter_hf(unit, limit)
         return
     try:
         if ext in (".jsonl", ".ndjson"):
@@ -241,11 +242,11 @@ def iter_records(
                 unit, delimiter or "\t", columns, has_header, limit
             )
         elif ext == ".csv":
-            yield from _iter_csv(unit.path, delimiter or ",", columns, has_header, limit)
+            yield from _iter_csv(unit, delimiter or ",", columns, has_header, limit)
         elif ext == ".json":
-            yield from _iter_json(unit.path, limit)
+            yield from _iter_json(unit, limit)
         elif ext == ".parquet":
-            yield from _iter_parquet(unit.path, limit)
+            yield from _iter_parquet(unit, limit)
         else:
             raise SourceError(f"{unit.path}: unsupported file type {ext!r}")
     except (OSError, EOFError) as exc:
@@ -314,20 +315,30 @@ def _iter_delimited_lines(
 
 
 def _iter_csv(
-    path: str, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
+    unit: FileUnit, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
 ) -> Iterator[Record]:
+    """Rows of a quoted CSV file, or of the byte range of a piece planned by
+    :func:`plan_csv_units` (``end >= 0``: starts on a record boundary, no header, line numbers
+    from ``first_line``)."""
+    path = unit.path
     fs, p = fs_and_path(path)
-    with fs.open(p, "rb", compression="infer") as fh:
+    piece = unit.end >= 0
+    with fs.open(p, "rb", compression=None if piece else "infer") as fh:
+        if piece:
+            fh.seek(unit.start)
+        raw = fh.read(unit.end - unit.start) if piece else fh.read()
         try:
-            text = fh.read().decode("utf-8-sig")
+            text = raw.decode("utf-8-sig" if unit.start == 0 else "utf-8")
         except UnicodeDecodeError as exc:
             raise SourceError(f"{path}: not valid UTF-8 ({exc})") from exc
+    del raw
     reader = csv.reader(_io.StringIO(text, newline=""), delimiter=delimiter)
     names = columns
-    first = True
+    first = unit.start == 0
+    offset = unit.first_line - 1
     n = 0
     for row in reader:
-        line = reader.line_num
+        line = offset + reader.line_num
         if first:
             first = False
             if has_header:
@@ -348,13 +359,67 @@ def _iter_csv(
         yield Record(path, line, data=dict(zip(names, row, strict=False)))
 
 
-def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
+def plan_csv_units(path: str, chunk_bytes: int, header: list[str] | None,
+                   delimiter: str = ",") -> list[FileUnit]:
+    """Split a quoted CSV file into byte ranges that start on record boundaries.
+
+    A newline inside a quoted field is not a boundary, so the file is parsed once here with
+    the same ``csv`` reader the pieces use, fed line by line: when it returns a record, the
+    lines it has pulled are exactly that record's, which gives the byte offset and the line
+    number of the next one. Memory is one line. Compressed, small or undecodable files stay
+    one unit (an undecodable one reports the error when read, as before).
+    """
+    if is_compressed(path) or path.startswith(HF_PREFIX):
+        return [FileUnit(path=path, header=header)]
     fs, p = fs_and_path(path)
-    with fs.open(p, "rb", compression="infer") as fh:
+    size = fs.size(p)
+    if size <= chunk_bytes:
+        return [FileUnit(path=path, header=header)]
+    consumed = [0]  # bytes of the lines handed to the reader so far
+
+    def lines(fh: Any) -> Iterator[str]:
+        for i, ln in enumerate(fh):
+            consumed[0] += len(ln.encode("utf-8")) + (3 if i == 0 and bom else 0)
+            yield ln
+
+    units: list[FileUnit] = []
+    try:
+        with fs.open(p, "rb") as raw:
+            bom = raw.read(3) == b"\xef\xbb\xbf"
+            raw.seek(0)
+            text = _io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            reader = csv.reader(lines(text), delimiter=delimiter)
+            start, first_line, target = 0, 1, chunk_bytes
+            for _ in reader:
+                if consumed[0] >= target and consumed[0] < size:
+                    units.append(FileUnit(path, start, consumed[0], first_line, header))
+                    start, first_line = consumed[0], reader.line_num + 1
+                    target = start + chunk_bytes
+    except (UnicodeDecodeError, csv.Error):
+        return [FileUnit(path=path, header=header)]
+    if not units:
+        return [FileUnit(path=path, header=header)]
+    units.append(FileUnit(path, start, size, first_line, header))
+    return units
+
+
+def _iter_json(unit: FileUnit, limit: int | None) -> Iterator[Record]:
+    """Items of a JSON list file (or ``{"data": [...]}``), or of the byte range of a piece
+    planned by :func:`plan_json_units` (``end >= 0``: whole items of the top-level list,
+    numbered from ``first_line``)."""
+    path = unit.path
+    fs, p = fs_and_path(path)
+    piece = unit.end >= 0
+    with fs.open(p, "rb", compression=None if piece else "infer") as fh:
+        if piece:
+            fh.seek(unit.start)
+        raw = fh.read(unit.end - unit.start) if piece else fh.read()
         try:
-            obj = json.loads(fh.read().decode("utf-8-sig"))
+            text = raw.decode("utf-8" if piece else "utf-8-sig")
+            obj = json.loads("[" + text + "]" if piece else text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SourceError(f"{path}: not a valid JSON file ({exc})") from exc
+    del raw, text
     if isinstance(obj, dict):
         for key in ("data", "rows", "examples", "items"):
             if isinstance(obj.get(key), list):
@@ -362,7 +427,7 @@ def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
                 break
     if not isinstance(obj, list):
         raise SourceError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
-    for i, item in enumerate(obj[:limit] if limit else obj, start=1):
+    for i, item in enumerate(obj[:limit] if limit else obj, start=unit.first_line):
         if isinstance(item, dict):
             yield Record(path, i, data=item)
         else:
@@ -370,19 +435,128 @@ def _iter_json(path: str, limit: int | None) -> Iterator[Record]:
                          reason="wrong_type", raw=json.dumps(item, ensure_ascii=False)[:500])
 
 
-def _iter_parquet(path: str, limit: int | None) -> Iterator[Record]:
+_JSON_TOKENS = re.compile(rb'[\\"\[\]{},]')
+
+
+def plan_json_units(path: str, chunk_bytes: int, block_bytes: int = 1 << 22) -> list[FileUnit]:
+    """Split a JSON file whose top level is a list into pieces of whole items of about
+    ``chunk_bytes``: ``[start, end)`` holds items without the brackets and the commas around
+    them, ``first_line`` is the number of its first item.
+
+    One streaming scan of the bytes (strings, escapes and nesting), ``block_bytes`` at a time,
+    no parse: memory is one block. Anything else (a ``{"data": [...]}`` object, text after the
+    list, an unterminated list, compressed or small files) stays one unit, which then reports
+    a broken file as before; a syntax error inside an item fails only its piece.
+    """
+    if is_compressed(path) or path.startswith(HF_PREFIX):
+        return [FileUnit(path=path)]
     fs, p = fs_and_path(path)
+    if fs.size(p) <= chunk_bytes:
+        return [FileUnit(path=path)]
+    cuts: list[tuple[int, int, int]] = []   # (start, end, first item) of each piece
+    depth, in_str, escaped_at = 0, False, -1
+    start = first = closed = -1
+    items = 0
+    with fs.open(p, "rb") as fh:
+        base = 0
+        head = fh.read(3)
+        base = 3 if head == b"\xef\xbb\xbf" else 0
+        fh.seek(base)
+        while block := fh.read(block_bytes):
+            if closed >= 0:
+                if block.strip():
+                    return [FileUnit(path=path)]   # text after the list
+                base += len(block)
+                continue
+            if depth == 0 and start < 0:
+                lead = block.lstrip()
+                if not lead:
+                    base += len(block)
+                    continue
+                if lead[:1] != b"[":
+                    return [FileUnit(path=path)]   # an object, a scalar: one unit
+            for m in _JSON_TOKENS.finditer(block):
+                pos, c = base + m.start(), m.group()
+                if in_str:
+                    if pos == escaped_at:
+                        continue
+                    if c == b"\\":
+                        escaped_at = pos + 1
+                    elif c == b'"':
+                        in_str = False
+                    continue
+                if closed >= 0:
+                    return [FileUnit(path=path)]
+                if c == b'"':
+                    in_str = True
+                elif c in (b"[", b"{"):
+                    depth += 1
+                    if depth == 1:
+                        start, first, items = pos + 1, 1, 1
+                elif c in (b"]", b"}"):
+                    depth -= 1
+                    if depth == 0:
+                        closed = pos
+                elif c == b"," and depth == 1:
+                    items += 1
+                    if pos - start >= chunk_bytes:
+                        cuts.append((start, pos, first))
+                        start, first = pos + 1, items
+            if closed >= 0 and block[closed - base + 1:].strip():
+                return [FileUnit(path=path)]
+            base += len(block)
+    if closed < 0 or depth != 0 or not cuts:
+        return [FileUnit(path=path)]
+    cuts.append((start, closed, first))
+    return [FileUnit(path, a, b, n) for a, b, n in cuts]
+
+
+def _iter_parquet(unit: FileUnit, limit: int | None) -> Iterator[Record]:
+    """Rows of a Parquet file, or of the row groups ``[start, end)`` of a piece planned by
+    :func:`plan_parquet_units` (``end >= 0``); record numbers count from ``first_line`` so a
+    piece's rows keep the numbers they have in the whole file."""
+    fs, p = fs_and_path(unit.path)
     try:
         pf = pq.ParquetFile(fs.open(p, "rb"))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise SourceError(f"{path}: not a readable Parquet file ({exc})") from exc
-    i = 0
-    for batch in pf.iter_batches(batch_size=4096):
+        raise SourceError(f"{unit.path}: not a readable Parquet file ({exc})") from exc
+    groups = None if unit.end < 0 else list(range(unit.start, unit.end))
+    i, n = unit.first_line - 1, 0
+    for batch in pf.iter_batches(batch_size=4096, row_groups=groups):
         for row in batch.to_pylist():
-            i += 1
-            if limit is not None and i > limit:
+            i, n = i + 1, n + 1
+            if limit is not None and n > limit:
                 return
-            yield Record(path, i, data=row)
+            yield Record(unit.path, i, data=row)
+
+
+def plan_parquet_units(path: str, chunk_bytes: int) -> list[FileUnit]:
+    """Split a Parquet file into pieces of whole row groups of about ``chunk_bytes``
+    (compressed), like :func:`plan_file_units` splits line files: ``start``/``end`` are
+    row-group indexes and ``first_line`` the 1-based number of the piece's first row.
+
+    Only the footer is read. A file that fits in one chunk, or has one row group, stays one
+    unit with the same id as before.
+    """
+    fs, p = fs_and_path(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            md = pq.ParquetFile(fh).metadata
+    except (pa.ArrowInvalid, OSError):
+        return [FileUnit(path=path)]  # its unit reports the unreadable file, as before
+    sizes = [sum(md.row_group(g).column(c).total_compressed_size for c in range(md.num_columns))
+             for g in range(md.num_row_groups)]
+    if md.num_row_groups <= 1 or sum(sizes) <= chunk_bytes:
+        return [FileUnit(path=path)]
+    units: list[FileUnit] = []
+    start, size, line = 0, 0, 1
+    for g in range(md.num_row_groups):
+        size += sizes[g]
+        if size >= chunk_bytes or g == md.num_row_groups - 1:
+            units.append(FileUnit(path, start, g + 1, line))
+            line += sum(md.row_group(x).num_rows for x in range(start, g + 1))
+            start, size = g + 1, 0
+    return units
 
 
 def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -398,19 +572,51 @@ def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
     return body, config, split or None
 
 
-def _iter_hf(uri: str, limit: int | None) -> Iterator[Record]:
-    """Rows of a Hugging Face dataset (hub id or local dataset folder) via ``datasets``."""
+def _iter_hf(unit: FileUnit, limit: int | None) -> Iterator[Record]:
+    """Rows of a Hugging Face dataset (hub id or local dataset folder) via ``datasets``; for a
+    piece planned by :func:`plan_hf_units`, rows ``[start, end)`` (``end < 0``: to the last
+    row), numbered as in the whole split."""
     import datasets
 
+    uri = unit.path
     name, config, split = parse_hf_uri(uri)
     try:
         ds = datasets.load_dataset(name, config, split=split or "train")
     except Exception as exc:  # hub unreachable, unknown name, bad split: all a SourceError
         raise SourceError(f"{uri}: cannot load Hugging Face dataset ({type(exc).__name__}: {exc})") from exc
-    for i, row in enumerate(ds, start=1):
-        if limit is not None and i > limit:
+    lo = 0
+    if unit.start > 0 or unit.end >= 0:
+        n = len(ds)
+        lo = min(unit.start, n)
+        ds = ds.select(range(lo, n if unit.end < 0 else min(unit.end, n)))
+    for i, row in enumerate(ds, start=lo + 1):
+        if limit is not None and i - lo > limit:
             return
         yield Record(uri, i, data=dict(row))
+
+
+def plan_hf_units(uri: str, chunk_bytes: int) -> list[FileUnit]:
+    """Split a Hugging Face dataset split into row ranges of about ``chunk_bytes``, from the
+    row and byte counts its card declares (``load_dataset_builder``: metadata, no download).
+
+    The last piece runs to the end of the split and ranges are clamped to it, so counts that
+    differ from the loaded split (``datasets`` verifies them unless told not to) lose no rows.
+    Without counts, or when they cannot be read, the split stays one unit with its former id.
+    A loaded split's cached info replaces the card's counts, so later plans use the real ones.
+    """
+    name, config, split = parse_hf_uri(uri)
+    try:
+        import datasets
+
+        info = (datasets.load_dataset_builder(name, config).info.splits or {})[split or "train"]
+        rows, size = int(info.num_examples or 0), int(info.num_bytes or 0)
+    except Exception:  # any failure here only means "do not split"
+        return [FileUnit(path=uri)]
+    if rows <= 1 or size <= chunk_bytes:
+        return [FileUnit(path=uri)]
+    per = max(1, -(-rows * chunk_bytes // size))
+    starts = list(range(0, rows, per))
+    return [FileUnit(uri, a, b, a + 1) for a, b in zip(starts, [*starts[1:], -1], strict=True)]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -515,6 +721,30 @@ def sample_files(path: str) -> list[str]:
         if files:
             return files
     return []
+
+
+def parquet_batches(path: str, columns: list[str] | None = None,
+                    batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """Record batches of one Parquet file (local path or URI), ``batch_size`` rows at most.
+
+    Why not ``pq.read_table``: it decodes the whole file at once, so one multi-GB part file
+    would have to fit in memory; this holds one batch (and the page being decoded), and a
+    caller that stops early never reads the rest of the file.
+    """
+    fs, p = fs_and_path(path)
+    with fs.open(p, "rb") as fh:
+        yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def sample_batches(path: str, columns: list[str] | None = None,
+                   batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """A stage's unified samples as record batches, file after file in :func:`read_samples`'
+    order: for callers that need a few rows or one pass, not the whole table."""
+    files = sample_files(path)
+    if not files:
+        raise SourceError(f"no unified samples (Parquet) found under {path}")
+    for f in files:
+        yield from parquet_batches(f, columns, batch_size)
 
 
 def read_samples(path: str) -> pa.Table:

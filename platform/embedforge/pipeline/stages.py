@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import io as eio
@@ -452,12 +453,26 @@ def ensure_api_key(path: str) -> None:
         fh.write(f"sk-ef-{secrets.token_urlsafe(24)}\n")
 
 
+def first_documents(batches: Iterable[pa.RecordBatch], limit: int) -> list[str]:
+    """The first ``limit`` distinct non-empty retrieval positives of ``batches`` (columns
+    ``kind`` and ``positive``), in order. Stops pulling batches once it has them, so a lazy
+    reader reads only the first row groups of a corpus-scale folder."""
+    docs: dict[str, None] = {}
+    if limit <= 0:
+        return []
+    for b in batches:
+        for k, p in zip(b.column("kind").to_pylist(), b.column("positive").to_pylist(), strict=True):
+            if k == "retrieval" and p:
+                docs[p] = None
+                if len(docs) >= limit:
+                    return list(docs)
+    return list(docs)
+
+
 def demo_documents(cfg: PipelineConfig, f: Folders, limit: int = 500) -> list[str]:
-    """Documents to search in the showcase: the retrieval positives of the run's data."""
-    table = eio.read_samples(data_folder(cfg, f))
-    kinds, positives = table.column("kind").to_pylist(), table.column("positive").to_pylist()
-    docs = [p for k, p in zip(kinds, positives, strict=True) if k == "retrieval" and p]
-    return list(dict.fromkeys(docs))[:limit]
+    """Documents to search in the showcase: the first retrieval positives of the run's data,
+    read batch by batch (only ``kind`` and ``positive``) until there are enough."""
+    return first_documents(eio.sample_batches(data_folder(cfg, f), ["kind", "positive"]), limit)
 
 
 def run_serve_stage(scfg: Any, cfg: PipelineConfig, f: Folders, log: Log) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class PrepareConfig(JobConfig):
     instructions: dict[str, str] = Field(
         default_factory=dict, description="dataset name -> task description (overrides defaults)"
     )
-    chunk_mb: float = Field(64.0, gt=0, description="split line files into pieces of this size")
+    chunk_mb: float = Field(64.0, gt=0, description="split large files into pieces of about this size")
     flush_rows: int = Field(100_000, ge=1, description="rows per Parquet part within one piece")
     num_cpus_per_task: float = Field(0.5, gt=0, description="Ray CPUs per read/transform task")
     resume: bool = Field(True, description="skip pieces already finished by an earlier run")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import Counter, defaultdict
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import io as eio
 from ..cluster import connect
@@ -55,38 +59,108 @@ def _remove_stale(out_dir: str, keep: set[str], unusable: set[str] = frozenset()
     return removed
 
 
-def drop_cross_unit_duplicates(out_dir: str, unit_order: list[str]) -> dict[str, dict[str, int]]:
-    """Keep the first occurrence of each sample id across units (units dedup internally).
+def _part_unit(path: str) -> str:
+    """The unit id of a samples part file (``part-<unit>-<NNNN>.parquet``)."""
+    return path.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)[0]
 
-    Reads only the ``id``/``dataset``/``kind`` columns; rewrites just the parts that hold a
-    later duplicate. Idempotent, so a resumed run can run it again.
-    Returns ``{dataset: {kind: dropped}}``.
-    """
-    import pyarrow as pa
+
+def ordered_parts(out_dir: str, unit_order: list[str]) -> list[str]:
+    """The samples part files in the order whose first copy of an id is kept: units in plan
+    order (units not in the plan last), then path."""
+    rank = {u: i for i, u in enumerate(unit_order)}
+    files = eio.list_files(eio.join(out_dir, SAMPLES_DIR), ".parquet")
+    return sorted(files, key=lambda path: (rank.get(_part_unit(path), len(rank)), path))
+
+
+def bucket_of(ids: list[str], buckets: int) -> list[int]:
+    """A stable hash partition of sample ids (``hash()`` differs between processes)."""
+    return [zlib.crc32(i.encode("utf-8")) % buckets for i in ids]
+
+
+_ID_ROWS = pa.schema([("id", pa.string()), ("dataset", pa.string()), ("kind", pa.string()),
+                      ("file", pa.int64()), ("row", pa.int64()), ("bucket", pa.int64())])
+
+
+def id_rows(files: pa.Table, paths: list[str], buckets: int) -> pa.Table:
+    """The ``id``/``dataset``/``kind`` of every row of the part files numbered ``files["file"]``
+    (indexes into ``paths``), with its ``file`` and ``row`` (its position in the keep order)
+    and its ``bucket``: one row per sample, a few dozen bytes each, no texts."""
     import pyarrow.parquet as pq
 
-    files = eio.list_files(eio.join(out_dir, SAMPLES_DIR), ".parquet")
-    rank = {u: i for i, u in enumerate(unit_order)}
+    out = []
+    for f in files.column("file").to_pylist():
+        fs, p = eio.fs_and_path(paths[f])
+        t = pq.read_table(p, columns=["id", "dataset", "kind"], filesystem=fs)
+        t = t.append_column("file", pa.array([f] * t.num_rows, pa.int64()))
+        t = t.append_column("row", pa.array(range(t.num_rows), pa.int64()))
+        t = t.append_column("bucket", pa.array(bucket_of(t.column("id").to_pylist(), buckets),
+                                               pa.int64()))
+        out.append(t)
+    return pa.concat_tables(out) if out else _ID_ROWS.empty_table()
 
-    def key(path: str) -> tuple[int, str]:
-        uid = path.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)[0]
-        return rank.get(uid, len(rank)), path
 
-    seen: set[str] = set()
+def later_copies(rows: pa.Table) -> pa.Table:
+    """The rows of ``rows`` (``id``, ``file``, ``row``, ``dataset``, ``kind``; every copy of
+    each id present) that are not the first copy of their id in (file, row) order: what the
+    driver loop over files in order dropped. Pure and vectorized: one sort per partition."""
+    cols = ["file", "row", "dataset", "kind"]
+    if rows.num_rows == 0:
+        return rows.select(cols)
+    order = pc.sort_indices(rows, sort_keys=[("id", "ascending"), ("file", "ascending"),
+                                             ("row", "ascending")])
+    t = rows.take(order)
+    ids = t.column("id").combine_chunks()
+    repeat = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    mask = pa.concat_arrays([pa.array([False]), repeat.cast(pa.bool_())])
+    return t.filter(mask).select(cols)
+
+
+def drop_rows(drop: pa.Table, paths: list[str]) -> pa.Table:
+    """Rewrite the part file of ``drop`` (rows ``file``, ``row``, ``dataset``, ``kind`` of one
+    file) without those rows; returns the dropped counts per ``dataset``/``kind``."""
+    import pyarrow.parquet as pq
+
+    path = paths[drop.column("file")[0].as_py()]
+    fs, p = eio.fs_and_path(path)
+    table = pq.read_table(p, filesystem=fs)
+    gone = set(drop.column("row").to_pylist())
+    eio.write_parquet_atomic(table.filter(pa.array([i not in gone for i in range(table.num_rows)])),
+                             path)
+    counts = drop.group_by(["dataset", "kind"]).aggregate([("row", "count")])
+    return counts.rename_columns(["dataset", "kind", "dropped"])
+
+
+def drop_cross_unit_duplicates(out_dir: str, unit_order: list[str],
+                               num_cpus: float = 0.5) -> dict[str, dict[str, int]]:
+    """Keep the first occurrence of each sample id across units (units dedup internally).
+
+    Runs on Ray Data, hash-partitioned, so the driver holds the list of part files and the
+    counts, never the ids: read ``id``/``dataset``/``kind`` per file (:func:`id_rows`) →
+    group by a hash bucket of the id (every copy of an id meets in one group) and keep all but
+    the first copy in (unit order, path, row) order (:func:`later_copies`) → group those by
+    file and rewrite just the files that hold one (:func:`drop_rows`). The same copy wins as
+    in the former driver loop. Idempotent, so a resumed run can run it again. Needs a
+    connected Ray. Returns ``{dataset: {kind: dropped}}``.
+    """
+    import ray
+
+    paths = ordered_parts(out_dir, unit_order)
+    if not paths:
+        return {}
+    buckets = len(paths)  # a bucket holds about as many ids as one part file holds rows
+    parallel = max(1, min(len(paths), 64))
+    files = ray.data.from_items([{"file": i} for i in range(len(paths))],
+                                override_num_blocks=parallel)
+    ids = files.map_batches(id_rows, fn_kwargs={"paths": paths, "buckets": buckets},
+                            batch_format="pyarrow", batch_size=1, num_cpus=num_cpus)
+    dups = ids.groupby("bucket", num_partitions=parallel).map_groups(
+        later_copies, batch_format="pyarrow", num_cpus=num_cpus)
+    counts = dups.groupby("file", num_partitions=parallel).map_groups(
+        drop_rows, fn_kwargs={"paths": paths}, batch_format="pyarrow", num_cpus=num_cpus)
     dropped: dict[str, Counter[str]] = defaultdict(Counter)
-    for path in sorted(files, key=key):
-        fs, p = eio.fs_and_path(path)
-        cols = pq.read_table(p, columns=["id", "dataset", "kind"], filesystem=fs).to_pylist()
-        keep = []
-        for row in cols:
-            dup = row["id"] in seen
-            keep.append(not dup)
-            if dup:
-                dropped[row["dataset"]][row["kind"]] += 1
-            seen.add(row["id"])
-        if not all(keep):
-            table = pq.read_table(p, filesystem=fs)
-            eio.write_parquet_atomic(table.filter(pa.array(keep)), path)
+    for batch in counts.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.to_pylist():  # one row per (rewritten file, dataset, kind)
+            dropped[row["dataset"]][row["kind"]] += row["dropped"]
     return {d: dict(c) for d, c in dropped.items()}
 
 
@@ -201,11 +275,11 @@ def run_prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
                 new_stats.append(unit)
                 log(f"[prepare] {i}/{len(todo)} units done ({unit['dataset']}: "
                     f"{unit['samples']} samples, {sum(unit['rejected'].values())} rejected)")
+        order = [t["unit_id"] for t in tasks] + [u["unit_id"] for u in kept]
+        cross = drop_cross_unit_duplicates(cfg.output, order, cfg.num_cpus_per_task)
         cluster_address = info["address"]
 
     all_stats = reused + new_stats + kept
-    order = [t["unit_id"] for t in tasks] + [u["unit_id"] for u in kept]
-    cross = drop_cross_unit_duplicates(cfg.output, order)
     stats = aggregate(all_stats, plan_errors, [s.name for s in cfg.sources], cross)
     stats["kept_from_earlier_run"] = {
         name: sum(u["samples"] for u in kept if u["dataset"] == name)

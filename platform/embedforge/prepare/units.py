@@ -99,8 +99,19 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
             else:
                 header = spec.columns
         line_based = delim == "\t" or ext in (".tsv", ".txt")
-        if path.startswith(eio.HF_PREFIX) or (ext == ".csv" and not line_based):
+        if path.startswith(eio.HF_PREFIX):  # row ranges from the dataset card's counts
+            pieces = (eio.plan_hf_units(path, chunk_bytes) if spec.limit is None
+                      else [eio.FileUnit(path=path, header=header)])
+        elif ext == ".csv" and not line_based and spec.limit is not None:
             pieces = [eio.FileUnit(path=path, header=header)]
+        elif ext == ".csv" and not line_based:  # quoted CSV: pieces on record boundaries
+            pieces = eio.plan_csv_units(path, chunk_bytes, header, delim or ",")
+        elif ext == ".json" and spec.limit is None:  # a list: pieces of whole items
+            pieces = eio.plan_json_units(path, chunk_bytes)
+        elif ext == ".parquet" and spec.limit is None and not eio.is_compressed(path):
+            # whole row groups per piece; with a limit the first rows of the file, not of
+            # each piece, are wanted: one unit
+            pieces = eio.plan_parquet_units(path, chunk_bytes)
         else:
             pieces = eio.plan_file_units(path, chunk_bytes, header, force=line_based)
         for u in pieces:

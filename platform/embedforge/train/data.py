@@ -1,7 +1,7 @@
 """Training data: unified samples -> one memory-mapped Arrow file per dataset -> text batches.
 
-The driver streams the stage's input Parquet once, file by file, into one Arrow IPC file per
-dataset (``DIR/data/<dataset>.arrow`` + ``manifest.json``). Workers memory-map those files:
+The driver streams the stage's input Parquet file by file, in record batches, into one Arrow
+IPC file per dataset (``DIR/data/<dataset>.arrow`` + ``manifest.json``). Workers memory-map those files:
 the batch sampler needs random access by row (one dataset per batch, p ∝ n^α), which a
 sequential Ray Data stream cannot give, and a memory map touches only the pages of the rows
 a batch uses, so no process ever holds the corpus in memory.
@@ -15,13 +15,13 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import io as eio
 from ..config import ConfigError
@@ -44,7 +44,7 @@ def sample_files(path: str) -> list[str]:
     return files
 
 
-def _check(table: pa.Table, kind: str, path: str) -> None:
+def _check(table: pa.Table | pa.RecordBatch, kind: str, path: str) -> None:
     """Reject rows a loss cannot use, naming the file, row id and field."""
     ids = table.column("id").to_pylist()
     if kind in ("retrieval", "pair"):
@@ -61,13 +61,72 @@ def _check(table: pa.Table, kind: str, path: str) -> None:
         raise ConfigError(f"{path}: sample id={ids[i]} (classification): field 'label' is null")
 
 
-def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+BATCH_ROWS = 1024
+"""Rows per record batch read while materializing: peak memory is about this many samples
+(with their negatives) per input file, whatever the file's size."""
+
+_GROUP_COLUMNS = ["id", "dataset", "kind"]
+
+
+def read_batches(path: str, columns: list[str] | None = None,
+                 batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of one Parquet file (local or fsspec URI), ``batch_size`` rows at most.
+
+    Why: ``pq.read_table`` decodes the whole file at once, so a single multi-GB part file
+    would have to fit in the driver's memory; a batch iterator holds one batch (plus the
+    row group page being decoded) at a time.
+    """
+    return eio.parquet_batches(path, columns, batch_size or BATCH_ROWS)
+
+
+def owners(batches: Iterable[pa.RecordBatch], kinds: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """Per sample id of one file, the smallest ``(dataset, kind)`` group (with a kind in
+    ``kinds``) that holds it: the group that takes the id when the file's groups are taken in
+    sorted order, as the whole-file implementation did. Reads only the id/dataset/kind columns.
+    """
+    owner: dict[str, tuple[str, str]] = {}
+    for b in batches:
+        for i, d, k in zip(b.column("id").to_pylist(), b.column("dataset").to_pylist(),
+                           b.column("kind").to_pylist(), strict=True):
+            if k not in kinds:
+                continue
+            cur = owner.get(i)
+            if cur is None or (d, k) < cur:
+                owner[i] = (d, k)
+    return owner
+
+
+def kept_parts(batch: pa.RecordBatch, owner: dict[str, tuple[str, str]],
+               seen: set[str]) -> Iterator[tuple[tuple[str, str], pa.RecordBatch]]:
+    """The rows of ``batch`` to train on, per ``(dataset, kind)`` group in sorted order.
+
+    A row is kept when its id came in no earlier input file (``seen``) and its group owns the
+    id in this file (:func:`owners`); rows of the same group sharing an id are all kept, like
+    before. Pure: ``seen`` and ``owner`` are only read.
+    """
+    ids = batch.column("id").to_pylist()
+    groups = list(zip(batch.column("dataset").to_pylist(), batch.column("kind").to_pylist(),
+                      strict=True))
+    keep = [i not in seen and owner.get(i) == g for i, g in zip(ids, groups, strict=True)]
+    for g in sorted({g for g, k in zip(groups, keep, strict=True) if k}):
+        part = batch.filter(pa.array([k and h == g for h, k in zip(groups, keep, strict=True)]))
+        yield g, part
+
+
+def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...],
+                batch_size: int | None = None) -> list[dict[str, Any]]:
     """Write ``out_dir/<dataset>.arrow`` per (dataset, kind) of ``inputs``; returns the manifest.
 
     A sample id is taken once, from the first input that has it: ``[mined, synthesized]``
     trains on the mined copy of a retrieval sample (with its negatives) and on the synthesized
     folder's other rows, instead of on both copies. Idempotent: an existing ``manifest.json``
     whose inputs match is reused as is.
+
+    Each file is streamed twice in record batches of ``batch_size`` rows (default
+    :data:`BATCH_ROWS`): once over the id/dataset/kind columns to find which group owns an id
+    repeated inside the file (:func:`owners`), once over all columns to write the kept rows.
+    Peak memory is one batch plus the ids, not one file; rows and their order per output file
+    are those of the whole-file implementation.
     """
     manifest_path = os.path.join(out_dir, "manifest.json")
     key = {"inputs": inputs, "kinds": list(kinds)}
@@ -82,26 +141,18 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
     seen: set[str] = set()
     for inp in inputs:
         for path in sample_files(inp):
-            fs, p = eio.fs_and_path(path)
-            table = pq.read_table(p, filesystem=fs)
-            for (dataset, kind), part in _groups(table):
-                if kind not in kinds:
-                    continue
-                ids = part.column("id").to_pylist()
-                fresh = [i not in seen for i in ids]
-                if not all(fresh):
-                    part = part.filter(pa.array(fresh))
-                    if part.num_rows == 0:
-                        continue
-                seen.update(ids)
-                _check(part, kind, path)
-                part = part.select(COLUMNS)
-                k = (dataset, kind)
-                if k not in writers:
-                    names[k] = _safe(dataset if kind == "retrieval" else f"{dataset}.{kind}")
-                    writers[k] = pa.ipc.new_file(os.path.join(out_dir, f"{names[k]}.arrow.tmp"), part.schema)
-                writers[k].write_table(part)
-                sizes[k] = sizes.get(k, 0) + part.num_rows
+            owner = owners(read_batches(path, _GROUP_COLUMNS, batch_size), kinds)
+            for batch in read_batches(path, None, batch_size):
+                for k, part in kept_parts(batch, owner, seen):
+                    _check(part, k[1], path)
+                    part = part.select(COLUMNS)
+                    if k not in writers:
+                        names[k] = _safe(k[0] if k[1] == "retrieval" else f"{k[0]}.{k[1]}")
+                        writers[k] = pa.ipc.new_file(os.path.join(out_dir, f"{names[k]}.arrow.tmp"),
+                                                     part.schema)
+                    writers[k].write_batch(part)
+                    sizes[k] = sizes.get(k, 0) + part.num_rows
+            seen.update(owner)
     datasets = []
     for (dataset, kind), w in writers.items():
         w.close()
@@ -114,13 +165,6 @@ def materialize(inputs: list[str], out_dir: str, kinds: tuple[str, ...]) -> list
     datasets.sort(key=lambda d: (d["kind"], d["name"]))
     eio.write_json({"key": key, "datasets": datasets}, manifest_path)
     return datasets
-
-
-def _groups(table: pa.Table):
-    ds, kd = table.column("dataset"), table.column("kind")
-    for pair in sorted({(a, b) for a, b in zip(ds.to_pylist(), kd.to_pylist(), strict=True)}):
-        mask = pc.and_(pc.equal(ds, pair[0]), pc.equal(kd, pair[1]))
-        yield pair, table.filter(mask)
 
 
 def text_key(text: str) -> int:
