@@ -4,29 +4,8 @@ from __future__ import annotations
 
 import json
 
-from embedforge import io as eio
-from embedforge.schema import Sample, rows_to_table
-from embedforge.synth.config import SynthConfig
-from embedforge.synth.stage import Finalizer, duplicate_ids
-
-
-def _row(query: str, positive: str, source: str = "paraphrase", parent: str | None = "p0",
-         meta: dict | None = None) -> dict:
-    return Sample(dataset="d", kind="retrieval", query=query, positive=positive, source=source,
-                  parent_id=parent if source != "original" else None, meta=meta or {}).to_row()
-
-
-def _finalise(tmp_path, blocks: list[list[dict]]) -> tuple[list[dict], object]:
-    raw = tmp_path / "raw"
-    for i, rows in enumerate(blocks):
-        eio.write_parquet_atomic(rows_to_table(rows), str(raw / f"part-{i}.parquet"))
-    dedup = duplicate_ids(str(raw))
-    fin = Finalizer(dedup, SynthConfig(input=str(tmp_path), output=str(tmp_path / "o"))
-                    .model_dump_json())
-    out: list[dict] = []
-    for rows in blocks:  # one finaliser sees every block, as the single-actor pool does
-        out += fin(rows_to_table(rows)).to_pylist()
-    return out, dedup
+from embedforge.schema import rows_to_table
+from synth_reference import _finalise, _random_raw, _row
 
 
 def test_exact_duplicate_id_keeps_one_copy_and_drops_only_the_later(tmp_path):
@@ -63,30 +42,6 @@ def test_byte_identical_copies_and_normalised_repeats(tmp_path):
 
 
 # --- the partitioned dedup (embedforge.synth.dedup) agrees with the reference above ---------
-
-
-def _random_raw(seed: int, n: int = 300) -> list[dict]:
-    """Raw rows full of collisions: texts that normalise alike, originals repeated by
-    generated rows, ids repeated with different copy columns, byte-identical copies."""
-    import random
-
-    rng = random.Random(seed)
-    texts = [("What do bees do?", "Bees make honey."), ("what do bees do", "bees make honey"),
-             ("WHAT DO BEES DO", "Bees  make honey"), ("where do bees live", "in hives"),
-             ("Where do bees live?", "In hives."), ("how big is a hive", "50,000 bees")]
-    rows: list[dict] = []
-    while len(rows) < n:
-        q, p = rng.choice(texts)
-        if rng.random() < 0.5:  # fresh text: most rows are unique
-            q, p = f"{q} {rng.randrange(60)}", p
-        source = rng.choice(["original", "paraphrase", "augment", "llm_negative"])
-        row = _row(q, p, source=source, parent=f"p{rng.randrange(3)}",
-                   meta={"technique": source, "n": rng.randrange(2)})
-        rows.append(row)
-        if rng.random() < 0.15:  # a byte-identical copy
-            rows.append(dict(row))
-    rng.shuffle(rows)
-    return rows
 
 
 def _partitioned(rows: list[dict], parts: int, seed: int) -> tuple[list[dict], dict]:

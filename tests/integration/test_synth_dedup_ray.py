@@ -6,13 +6,13 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from tests.test_synth_dedup import _finalise as _reference
-from tests.test_synth_dedup import _random_raw
 
 from embedforge import io as eio
 from embedforge.schema import ARROW_SCHEMA, rows_to_table
 from embedforge.synth.config import SynthConfig
 from embedforge.synth.stage import _finalise
+from synth_reference import _finalise as _reference
+from synth_reference import _random_raw
 
 pytestmark = pytest.mark.integration
 

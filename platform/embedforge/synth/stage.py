@@ -16,7 +16,6 @@ import os
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -30,14 +29,10 @@ from ..llm.coordinator import Coordinator, PartitionedLimiter, RemoteLimiter, ca
 from ..llm.gateway import Gateway, estimate_cost
 from ..safety import check_no_overlap, claim_output
 from ..schema import ARROW_SCHEMA, rows_to_table
-from . import rules
 from .config import SynthConfig
 from .dedup import (
-    COPY_COLUMNS,
-    GENERATED_EXCLUDED,
     KEEP,
     KEY,
-    copy_digest,
     merge_stats,
     resolve_ids,
     resolve_texts,
@@ -170,63 +165,6 @@ def _first_selected_ids(files: list[str], cfg: SynthConfig) -> list[str]:
     return ids
 
 
-@dataclass
-class Dedup:
-    """What the finaliser drops: every row of ``drop`` ids (they repeat an earlier row's text),
-    and every copy of a repeated id but the one whose ``copy_digest`` is ``keep_copy[id]``."""
-
-    drop: set[str] = field(default_factory=set)
-    keep_copy: dict[str, str] = field(default_factory=dict)
-    repeated: dict[str, int] = field(default_factory=dict)  # repeated id -> copies seen
-    rows_dropped: int = 0
-
-
-def duplicate_ids(raw_dir: str) -> Dedup:
-    """Generated rows repeating (after normalisation) an earlier row of the whole output, and
-    rows repeating an earlier row's exact id: the single-process reference.
-
-    The job no longer calls this (it holds the whole output's text columns in one process);
-    it runs :mod:`.dedup` on hash partitions instead, and the tests check both agree.
-
-    Originals are seen first so a generated row never displaces one; among generated rows the
-    smallest id wins. Of an exact id seen more than once only the later copies go (dropping by
-    id alone would drop the first copy too).
-    """
-    import pyarrow.parquet as pq
-
-    files = eio.list_files(raw_dir, ".parquet")
-    cols = ["id", "kind", "query", "positive", "label", *COPY_COLUMNS]
-    tables = []
-    for f in files:
-        fs, p = eio.fs_and_path(f)
-        tables.append(pq.read_table(p, columns=cols, filesystem=fs))
-    out = Dedup()
-    if not tables:
-        return out
-    rows = pa.concat_tables(tables).to_pylist()
-    counts = Counter(r["id"] for r in rows)
-    # originals first; among generated rows the smallest id wins, and among copies of one id
-    # the smallest digest, so which row survives never depends on the order Ray Data wrote
-    # the blocks in
-    rows.sort(key=lambda r: (r["source"] not in GENERATED_EXCLUDED, r["id"],
-                             copy_digest(r) if counts[r["id"]] > 1 else ""))
-    seen: set[tuple[Any, ...]] = set()
-    first_copy: dict[str, str] = {}
-    for r in rows:
-        if r["id"] in first_copy:
-            out.rows_dropped += 1  # a later copy of an exact id
-            out.repeated[r["id"]] = counts[r["id"]]
-            continue
-        first_copy[r["id"]] = copy_digest(r) if counts[r["id"]] > 1 else ""
-        key = (r["kind"], rules.normalize(r["query"]), rules.normalize(r["positive"]), r["label"])
-        if key in seen and r["source"] not in GENERATED_EXCLUDED:
-            out.drop.add(r["id"])
-            out.rows_dropped += 1
-        seen.add(key)
-    out.keep_copy = {i: first_copy[i] for i in out.repeated if i not in out.drop}
-    return out
-
-
 def load_filter_model(cfg: SynthConfig) -> Any:
     """The embedding filter's model, or None when the filter is off."""
     if not cfg.embed_filter.model:
@@ -234,39 +172,6 @@ def load_filter_model(cfg: SynthConfig) -> Any:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(cfg.embed_filter.model, device="cpu")
-
-
-class Finalizer:
-    """Applies a :func:`duplicate_ids` result, then the optional embedding filter: the
-    single-process reference the partitioned job path is tested against.
-
-    One instance must see every row: keeping exactly one of two byte-identical copies of an id
-    needs the ``kept`` set to.
-    """
-
-    def __init__(self, dedup: Dedup, cfg_json: str):
-        self.drop = dedup.drop
-        self.keep_copy = dedup.keep_copy
-        self.kept: set[str] = set()
-        self.cfg = SynthConfig.model_validate_json(cfg_json)
-        self.model = load_filter_model(self.cfg)
-
-    def _keep(self, row: dict[str, Any]) -> bool:
-        if row["id"] in self.drop:
-            return False
-        want = self.keep_copy.get(row["id"])
-        if want is None:
-            return True
-        if row["id"] in self.kept or copy_digest(row) != want:
-            return False
-        self.kept.add(row["id"])
-        return True
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [r for r in batch.to_pylist() if self._keep(r)]
-        if self.model is not None:
-            rows = embed_filter(self.model, self.cfg, rows)
-        return rows_to_table(rows)
 
 
 class EmbedFilter:
