@@ -148,3 +148,43 @@ def test_float16_cache_is_its_own_and_shards_read_their_share(ray_local, scifact
         [r["negatives"] for r in eio.read_samples(str(tmp_path / "f16")).to_pylist()], strict=True)]
     assert sum(same) >= 0.8 * len(same)  # fp16 rounding moves only near-ties
     assert base["corpus"] == half["corpus"]
+
+
+@pytest.fixture
+def ray_three_small_nodes():
+    """3 nodes of 1 CPU and an 80 MB object store each (Ray's minimum is 75 MB)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    store = 80 * 2**20
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, object_store_memory=store)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_three_small_nodes_a_shard_on_each_and_partitions_change_nothing(
+        ray_three_small_nodes, scifact_subset, tmp_path):
+    # 40 samples a partition: the samples are hash-shuffled by query into 3 partitions
+    many = run_mine(_cfg(scifact_subset, tmp_path / "parts", "--num-shards", "3",
+                         "--partition-rows", "40"), log=lambda *_: None)
+    assert many["partitions"] == 3
+    assert len({sh["node"] for sh in many["shards"]}) == 3
+    assert sum(sh["size"] for sh in many["shards"]) == many["corpus"]
+    assert len(eio.list_files(str(tmp_path / "parts" / "samples"), ".parquet")) == 3
+    assert not (tmp_path / "parts" / "_work").exists()  # the job's scratch is cleared
+    got = {r["id"]: r["negatives"] for r in eio.read_samples(str(tmp_path / "parts")).to_pylist()}
+    # the same output again in one partition: its own run's files only, nothing stale
+    one = run_mine(_cfg(scifact_subset, tmp_path / "parts", "--num-shards", "3"), log=lambda *_: None)
+    assert one["partitions"] == 1
+    assert len(eio.list_files(str(tmp_path / "parts" / "samples"), ".parquet")) == 1
+    by_id = {r["id"]: r["negatives"] for r in eio.read_samples(str(tmp_path / "parts")).to_pylist()}
+    assert got == by_id and len(got) == many["samples"]
+    assert many["negatives_kept_by_source"] == one["negatives_kept_by_source"]
+    assert many["histogram"] == one["histogram"]
