@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -161,6 +162,15 @@ def survey_shards(work: str, n_shards: int, root: str, fp: str, dtype: str) -> l
                                 *ranges.hex_range(j)) for j in range(n_shards)])
 
 
+def _read_missing(batch: pa.Table) -> Iterator[pa.Table]:
+    """A missing-texts file, a bounded batch at a time (in the file's shortest-first order)."""
+    for path in batch.column("file").to_pylist():
+        fs, p = eio.fs_and_path(path)
+        with fs.open(p, "rb") as fh:
+            for rb in pq.ParquetFile(fh).iter_batches(batch_size=4096):
+                yield pa.Table.from_batches([rb])
+
+
 def embed_missing(work: str, settings: Any, root: str, fp: str, num_actors: int, batch_size: int,
                   use_gpu: bool, dtype: str, expected: int) -> int:
     """Embed what the surveys found missing (shortest first), writing cache parts as it goes."""
@@ -169,8 +179,12 @@ def embed_missing(work: str, settings: Any, root: str, fp: str, num_actors: int,
     files = eio.list_files(eio.join(work, "missing"), ".parquet")
     if not files or not expected:
         return 0
-    ds = ray.data.read_parquet(files)
-    cpus = ray.available_resources().get("CPU", 1.0)
+    # reading the missing texts is I/O: it reserves no CPU (nor does listing them: the driver
+    # names the files), so the embedding actors can take every CPU; a reader holding one
+    # would leave them half the threads, or wait forever for it
+    ds = ray.data.from_items([{"file": f} for f in files]).map_batches(
+        _read_missing, batch_size=1, batch_format="pyarrow", num_cpus=0)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
     # an actor must fit on one node: never ask for more CPUs than the largest node has
     node_max = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
     per_actor = 1 if use_gpu else max(1, int(min(cpus // num_actors, node_max)))
