@@ -314,6 +314,16 @@ def _iter_delimited_lines(
         yield Record(unit.path, line, data=data)
 
 
+def _unit_bytes(unit: FileUnit) -> bytes:
+    """The bytes of a whole file (decompressed) or of a planned piece's byte range."""
+    fs, p = fs_and_path(unit.path)
+    piece = unit.end >= 0
+    with fs.open(p, "rb", compression=None if piece else "infer") as fh:
+        if piece:
+            fh.seek(unit.start)
+        return fh.read(unit.end - unit.start) if piece else fh.read()
+
+
 def _iter_csv(
     unit: FileUnit, delimiter: str, columns: list[str] | None, has_header: bool, limit: int | None
 ) -> Iterator[Record]:
@@ -321,16 +331,11 @@ def _iter_csv(
     :func:`plan_csv_units` (``end >= 0``: starts on a record boundary, no header, line numbers
     from ``first_line``)."""
     path = unit.path
-    fs, p = fs_and_path(path)
-    piece = unit.end >= 0
-    with fs.open(p, "rb", compression=None if piece else "infer") as fh:
-        if piece:
-            fh.seek(unit.start)
-        raw = fh.read(unit.end - unit.start) if piece else fh.read()
-        try:
-            text = raw.decode("utf-8-sig" if unit.start == 0 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{path}: not valid UTF-8 ({exc})") from exc
+    raw = _unit_bytes(unit)
+    try:
+        text = raw.decode("utf-8-sig" if unit.start == 0 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not valid UTF-8 ({exc})") from exc
     del raw
     reader = csv.reader(_io.StringIO(text, newline=""), delimiter=delimiter)
     names = columns
@@ -408,17 +413,13 @@ def _iter_json(unit: FileUnit, limit: int | None) -> Iterator[Record]:
     planned by :func:`plan_json_units` (``end >= 0``: whole items of the top-level list,
     numbered from ``first_line``)."""
     path = unit.path
-    fs, p = fs_and_path(path)
     piece = unit.end >= 0
-    with fs.open(p, "rb", compression=None if piece else "infer") as fh:
-        if piece:
-            fh.seek(unit.start)
-        raw = fh.read(unit.end - unit.start) if piece else fh.read()
-        try:
-            text = raw.decode("utf-8" if piece else "utf-8-sig")
-            obj = json.loads("[" + text + "]" if piece else text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SourceError(f"{path}: not a valid JSON file ({exc})") from exc
+    raw = _unit_bytes(unit)
+    try:
+        text = raw.decode("utf-8" if piece else "utf-8-sig")
+        obj = json.loads("[" + text + "]" if piece else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path}: not a valid JSON file ({exc})") from exc
     del raw, text
     if isinstance(obj, dict):
         for key in ("data", "rows", "examples", "items"):

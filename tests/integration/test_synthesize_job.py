@@ -114,14 +114,19 @@ def test_permanent_failures_go_to_errors_and_the_job_completes(prepared, tmp_pat
     assert (table.parent_id == victim.id).sum() == 0
 
 
+def _subprocess_job(prepared, out, base_url, *extra) -> tuple[list[str], dict[str, str]]:
+    """jobs/synthesize.py as a user starts it, on its own local cluster (RAY_ADDRESS unset)."""
+    args = [sys.executable, "jobs/synthesize.py", "--input", str(prepared), "--output", str(out),
+            "--llm.base-url", base_url, "--llm.max-concurrency", "4", "--num-actors", "1",
+            *extra, "--rules.n-negatives", "1", "--num-cpus", "2"]
+    return args, {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
 @pytest.mark.slow
 def test_killed_job_resumes_without_paying_twice(prepared, tmp_path):
     out = tmp_path / "killed"
     with FakeLLMServer(latency=0.3, responder=synth_responder) as srv:
-        args = [sys.executable, "jobs/synthesize.py", "--input", str(prepared), "--output", str(out),
-                "--llm.base-url", srv.base_url, "--llm.max-concurrency", "4", "--num-actors", "1",
-                "--rules.n-negatives", "1", "--num-cpus", "2"]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        args, env = _subprocess_job(prepared, out, srv.base_url)
         proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
@@ -264,10 +269,7 @@ def test_a_killed_job_keeps_its_finished_blocks_and_a_rerun_completes(prepared, 
 
     out = tmp_path / "killed"
     with FakeLLMServer(latency=0.05, responder=synth_responder) as srv:
-        args = [sys.executable, "jobs/synthesize.py", "--input", str(prepared), "--output", str(out),
-                "--llm.base-url", srv.base_url, "--llm.max-concurrency", "4", "--num-actors", "1",
-                "--rows-per-block", "8", "--rules.n-negatives", "1", "--num-cpus", "2"]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        args, env = _subprocess_job(prepared, out, srv.base_url, "--rows-per-block", "8")
         proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
