@@ -115,8 +115,15 @@ def spill_samples(files: list[str], work: str, n_shards: int, num_parts: int, in
     return total
 
 
-def _spill_corpus_lines(batch: dict[str, np.ndarray], work: str, n_shards: int) -> dict[str, np.ndarray]:
-    texts = [beir_doc_text(json.loads(line)) for line in batch["text"] if str(line).strip()]
+def title_text(title: str | None, text: str) -> str:
+    """A passage of a .jsonl/.parquet corpus file: its title (if any), then its text."""
+    return f"{title or ''} {text}".strip()
+
+
+def _spill_corpus_lines(batch: dict[str, np.ndarray], work: str, n_shards: int,
+                        beir: bool) -> dict[str, np.ndarray]:
+    rows = [json.loads(line) for line in batch["text"] if str(line).strip()]
+    texts = [beir_doc_text(r) if beir else title_text(r.get("title"), r["text"]) for r in rows]
     return {"n": np.array([spill_texts(work, n_shards, texts, [""] * len(texts), True, False)])}
 
 
@@ -127,8 +134,8 @@ def _spill_corpus_rows(batch: pa.Table, work: str, n_shards: int, samples: bool)
     else:
         titles = (batch.column("title").to_pylist() if "title" in batch.column_names
                   else [None] * batch.num_rows)
-        texts = [f"{t or ''} {x}".strip() for t, x in zip(titles, batch.column("text").to_pylist(),
-                                                          strict=True)]
+        texts = [title_text(t, x) for t, x in zip(titles, batch.column("text").to_pylist(),
+                                                  strict=True)]
     return {"n": np.array([spill_texts(work, n_shards, texts, [""] * len(texts), True, False)])}
 
 
@@ -137,10 +144,11 @@ def spill_corpus(src: str, work: str, n_shards: int) -> int:
     read by Ray Data and spilled by hash range. Returns texts spilled (before dedup)."""
     import ray
 
-    if eio.exists(eio.join(src, "corpus.jsonl")) or src.endswith(".jsonl"):
-        path = eio.join(src, "corpus.jsonl") if not src.endswith(".jsonl") else src
-        ds = ray.data.read_text(path).map_batches(
-            _spill_corpus_lines, fn_kwargs={"work": work, "n_shards": n_shards}, batch_format="numpy")
+    beir = eio.exists(eio.join(src, "corpus.jsonl"))
+    if beir or src.endswith(".jsonl"):
+        ds = ray.data.read_text(eio.join(src, "corpus.jsonl") if beir else src).map_batches(
+            _spill_corpus_lines, fn_kwargs={"work": work, "n_shards": n_shards, "beir": beir},
+            batch_format="numpy")
     elif src.endswith(".parquet"):
         ds = ray.data.read_parquet(src).map_batches(
             _spill_corpus_rows, fn_kwargs={"work": work, "n_shards": n_shards, "samples": False},
@@ -292,9 +300,7 @@ class MinePartitions:
         files = eio.list_files(part_dir(self.work, p), ".parquet")
         if not files:
             return partition_stats([], 0)
-        fs, _ = eio.fs_and_path(files[0])
-        table = pa.concat_tables([pq.read_table(eio.fs_and_path(f)[1], filesystem=fs)
-                                  .select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA) for f in files])
+        table = eio.read_samples(part_dir(self.work, p))
         # sorted by id: the same output whatever order the shuffle delivered the files in
         rows = table.sort_by("id").to_pylist()
         cfg = self.cfg

@@ -155,18 +155,6 @@ def match_sorted(ordered: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, n
     return pos, ordered[pos] == hashes
 
 
-def lookup(hashes: np.ndarray, vectors: np.ndarray, wanted: list[str]) -> np.ndarray:
-    """Rows of ``vectors`` for ``wanted`` hashes, in that order (vectorised: no per-row dict)."""
-    want = np.asarray(wanted, dtype=str)
-    if len(want) == 0:
-        return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=vectors.dtype)
-    order = np.argsort(hashes, kind="stable")
-    pos, found = match_sorted(hashes[order], want)
-    if not found.all():
-        raise KeyError(missing_message(want[~found]))
-    return vectors[order[pos]]
-
-
 def missing_message(missing: np.ndarray) -> str:
     return f"{len(missing)} text(s) missing from the embedding cache, e.g. hash {missing[0]}"
 

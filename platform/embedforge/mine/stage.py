@@ -20,7 +20,7 @@ from .. import metrics
 from ..cluster import connect
 from ..config import ConfigError
 from ..model.encoder import fingerprint as encoder_fingerprint
-from ..safety import check_no_overlap, claim_output
+from ..safety import check_no_overlap, claim_output, remove_owned
 from . import dataflow as flow
 from . import index as findex
 from .config import MineConfig
@@ -60,8 +60,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
     check_no_overlap(cfg.output, [("--input", cfg.input), ("--corpus", cfg.corpus)])
     claim_output(cfg.output, "mine", cfg.force)
     for name in OUTPUTS:  # ours (claimed above): a shorter run must not leave stale parts
-        if eio.exists(eio.join(cfg.output, name)):
-            eio.remove(eio.join(cfg.output, name))
+        remove_owned(eio.join(cfg.output, name), cfg.output, "mine")
     work = eio.join(cfg.output, "_work")
     root = cfg.cache or eio.join(cfg.output, "_embeddings")
     fp = encoder_fingerprint(cfg.encoder)
@@ -103,7 +102,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
         metrics.inc("embedforge_mine_queries_total", counts["retrieval"])
         for s in shards:
             ray.kill(s)
-    eio.remove(work)
+    remove_owned(work, cfg.output, "mine")
     for src, k in stats.get("kept", {}).items():
         metrics.inc("embedforge_mine_negatives_total", k, {"source": src})
     for reason, k in stats.get("dropped", {}).items():
