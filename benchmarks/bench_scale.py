@@ -13,7 +13,10 @@ every step (from the job's summary) and the bytes of the embedding cache each sh
 against its share. ``--st-at N`` runs sentence-transformers' ``mine_hard_negatives`` with the
 same encoder on the N-passage corpus, in one process, for comparison. ``--synth-sizes`` runs
 ``jobs/synthesize.py`` (paraphrase) over that many prepared samples against the fake
-OpenAI-compatible server with no latency, sampled the same way (driver flat is the target).
+OpenAI-compatible server with no latency, answering with ``testing.responders`` (valid JSON
+that passes the synthesis rules, so paraphrases are accepted and written), sampled the same
+way (driver flat is the target). Each mining run embeds from cold into a cache folder of its
+own, so a kept ``--work`` folder does not turn a rerun into a cache hit.
 
 Targets (issue #15): driver peak at 1M <= 1.3x its value at 10k; no worker above 2x its
 shard's vectors + texts plus a fixed overhead (stated in the output); each shard reads <= 1.1x
@@ -29,6 +32,7 @@ import argparse
 import collections
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,12 +167,19 @@ def mine_size(work: Path, n: int, model: Path, shards: int) -> dict[str, Any]:
     prep, mined = work / f"prep-{n}", work / f"mined-{n}"
     prepare = run_job(["jobs/prepare.py", "--source", f"syn=beir:{beir}:train", "--output", str(prep),
                        "--num-cpus", "2"], work / f"prepare-{n}.log")
-    mine = run_job(["jobs/mine.py", "--input", str(prep), "--corpus", str(beir), "--output", str(mined),
-                    "--encoder.model", str(model), "--encoder.batch-size", "256",
-                    "--selection.rank-range", "10-50", "--selection.num-negatives", "4",
-                    "--num-shards", str(shards), "--num-cpus", "2"], work / f"mine-{n}.log")
+    # a cache folder of its own, new for this run: every size embeds from cold, even when
+    # --work keeps an earlier run's output (whose cache would otherwise be reused)
+    cache_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"cache-{n}-"))
+    try:
+        mine = run_job(["jobs/mine.py", "--input", str(prep), "--corpus", str(beir), "--output", str(mined),
+                        "--cache", str(cache_dir), "--encoder.model", str(model),
+                        "--encoder.batch-size", "256", "--selection.rank-range", "10-50",
+                        "--selection.num-negatives", "4", "--num-shards", str(shards), "--num-cpus", "2"],
+                       work / f"mine-{n}.log")
+        cache = sum(p.stat().st_size for p in cache_dir.rglob("*.parquet"))
+    finally:
+        shutil.rmtree(cache_dir)  # made above, by this run
     summary = json.loads((mined / "summary.json").read_text())
-    cache = sum(p.stat().st_size for p in (mined / "_embeddings").rglob("*.parquet"))
     sh = summary["shards"]
     return {"passages": n, "prepare": prepare, "mine": mine, "steps_s": summary["steps_s"],
             "index": summary["index"], "partitions": summary["partitions"],
@@ -216,7 +227,7 @@ def synth_size(work: Path, n: int) -> dict[str, Any]:
         run_job(["jobs/prepare.py", "--source", f"syn=beir:{beir}:train", "--output", str(prep),
                  "--num-cpus", "2"], work / f"synth-prepare-{n}.log")
     server = subprocess.Popen([sys.executable, "-m", "embedforge.testing.fake_llm", "--port", "0",
-                               "--latency", "0"], stdout=subprocess.PIPE, text=True)
+                               "--latency", "0", "--responder", "synth"], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         line = server.stdout.readline().strip()
