@@ -274,3 +274,47 @@ def test_an_hf_split_without_counts_stays_one_unit(tmp_path):
     uri = f"hf:{tmp_path / 'ds'}:train"
     assert eio.plan_hf_units(uri, 10) == [eio.FileUnit(uri)]
     assert eio.plan_hf_units(f"hf:{tmp_path}/missing", 10) == [eio.FileUnit(f"hf:{tmp_path}/missing")]
+
+
+def _tricky_beir(folder, docs):
+    """A BEIR folder with every kind of bad qrels row, an empty document and an empty query."""
+    (folder / "qrels").mkdir(parents=True)
+    corpus = []
+    for i in range(docs):
+        doc = {"_id": f"d{i}", "title": f"title {i % 7}", "text": f"passage {i} " + "word " * (i % 13)}
+        if i % 17 == 5:
+            doc = {"text": doc["text"], "_id": i}  # _id not first, and a number
+        if i == 40:
+            doc = {"_id": "d40", "title": "", "text": "  "}  # empty document
+        corpus.append(json.dumps(doc))
+    corpus.insert(11, "{not json")
+    (folder / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
+    queries = [json.dumps({"_id": f"q{i}", "text": "" if i == 3 else f"question {i}"}) for i in range(30)]
+    (folder / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    rows = ["query-id\tcorpus-id\tscore"]
+    for i in range(docs):
+        did = str(i) if i % 17 == 5 else f"d{i}"
+        rows.append(f"q{i % 30}\t{did}\t{1 if i % 11 else 0}")
+    rows += ["q1\tnope\t1", "q999\td2\t1", "q1\td2\tx", "\td2\t1", "q3\td40\t1", "q4\td40\t1",
+             "q1\td1\t1", "q2\td2\t1"]  # unknown doc / query, bad score, missing id, empty texts
+    (folder / "qrels" / "train.tsv").write_text("\n".join(rows) + "\n")
+
+
+def test_a_large_beir_corpus_splits_into_pieces_with_the_same_samples_and_rejections(tmp_path):
+    _tricky_beir(tmp_path / "beir", 120)
+    spec = SourceSpec(name="b", format="beir", path=str(tmp_path / "beir"), split="train")
+    plans, results = _prepare_twice(tmp_path, spec, 1 << 30, 600)
+    assert len(plans["whole"]) == 1 and len(plans["pieces"]) > 5
+    roles = [t["unit"]["extras"]["role"] for t in plans["pieces"]]
+    assert roles[0] == "qrels" and set(roles[1:]) == {"docs"}
+    assert results["pieces"] == results["whole"]
+    samples, rejected, rows_in = results["whole"]
+    assert rows_in == 128
+    reasons = sorted((line, reason) for line, reason, _ in rejected)
+    empty_query = [(i + 2, "empty_text") for i in range(120) if i % 30 == 3 and i % 11]
+    assert reasons == sorted([*empty_query, (42, "empty_text"),  # d40 is empty
+                              (122, "unknown_id"), (123, "unknown_id"), (124, "bad_score"),
+                              (125, "missing_field"), (126, "empty_text"), (127, "empty_text")])
+    # a sample per relevant row with a good query and document; (q1,d1), (q2,d2) come twice
+    relevant = [i for i in range(120) if i % 11 and i % 30 != 3 and i != 40]
+    assert len(samples) == len(relevant)

@@ -40,7 +40,7 @@ def prepared(ray_local, shared_data, fixtures_dir, tmp_path_factory):
         "--source", f"broken=title_body:{fixtures_dir}/broken_articles.jsonl",
         "--source", f"missing=qa:{fixtures_dir}/does-not-exist.jsonl",
         "--output", str(out),
-        "--chunk-mb", "0.25",  # SNLI/LCQMC split into several pieces
+        "--chunk-mb", "0.25",  # SNLI/LCQMC and the SciFact corpus split into several pieces
     ]
     cfg = parse_config(PrepareConfig, argv)
     stats = run_prepare(cfg, log=lambda *_: None)
@@ -138,6 +138,9 @@ def test_bad_rows_reported_good_rows_kept_missing_source_unusable(prepared):
 def test_large_files_split_into_units(prepared):
     _, stats, _ = prepared
     assert stats["datasets"]["snli"]["units"] > 1 and stats["datasets"]["lcqmc"]["units"] > 1
+    # SciFact's 7.8 MB corpus: a qrels unit plus its pieces (the scifact test above checks
+    # they give one sample per relevant qrels row)
+    assert stats["datasets"]["scifact"]["units"] > 20
 
 
 def test_ids_unique_and_rerun_resumes_without_work(prepared):

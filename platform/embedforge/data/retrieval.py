@@ -113,10 +113,8 @@ def beir_doc_text(doc: Mapping[str, Any]) -> str:
     return f"{title} {text}".strip()
 
 
-def from_beir_qrel(qrel: Mapping[str, Any], queries: Mapping[str, str],
-                   corpus: Mapping[str, str], dataset: str, instruction: str,
-                   split: str) -> list[Sample]:
-    """One sample per relevant (query, document) pair; negatives stay empty for mining."""
+def beir_qrel_ids(qrel: Mapping[str, Any]) -> tuple[str, str, float]:
+    """``(query-id, corpus-id, score)`` of a qrels row, or the RowError it is rejected with."""
     qid, did = str(qrel.get("query-id", "")).strip(), str(qrel.get("corpus-id", "")).strip()
     if not qid or not did:
         raise RowError("missing_field", "qrels row needs query-id and corpus-id")
@@ -124,6 +122,14 @@ def from_beir_qrel(qrel: Mapping[str, Any], queries: Mapping[str, str],
         score = float(qrel.get("score", 1))
     except (TypeError, ValueError) as exc:
         raise RowError("bad_score", f"qrels score is not a number: {qrel.get('score')!r}") from exc
+    return qid, did, score
+
+
+def from_beir_qrel(qrel: Mapping[str, Any], queries: Mapping[str, str],
+                   corpus: Mapping[str, str], dataset: str, instruction: str,
+                   split: str) -> list[Sample]:
+    """One sample per relevant (query, document) pair; negatives stay empty for mining."""
+    qid, did, score = beir_qrel_ids(qrel)
     if score <= 0:
         return []
     if qid not in queries:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import posixpath
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -20,8 +21,9 @@ from pydantic import ValidationError
 
 from .. import __version__
 from .. import io as eio
+from ..data.fields import RowError
 from ..data.formats import get_format, looks_like_header
-from ..data.retrieval import beir_doc_text, from_beir_qrel
+from ..data.retrieval import beir_doc_text, beir_qrel_ids, from_beir_qrel
 from ..data.spec import SourceSpec
 from ..instructions import resolve_instruction
 from ..schema import rows_to_table
@@ -65,10 +67,7 @@ def plan_source(spec: SourceSpec, overrides: dict[str, str], chunk_bytes: int) -
     spec = resolve_labels(spec)
     instruction = resolve_instruction(spec.name, spec.format, spec.instruction, overrides)
     if spec.format == "beir":
-        split = _beir_split(spec)
-        unit = eio.FileUnit(path=spec.path, extras={"split": split})
-        return [_unit_dict(spec, unit, instruction, has_header=True, kind="beir",
-                           version=_beir_version(spec.path, split))]
+        return _plan_beir(spec, instruction, chunk_bytes)
     fmt = get_format(spec.format)
     units: list[dict[str, Any]] = []
     for path in eio.expand_paths(spec.path):
@@ -131,6 +130,36 @@ def _unit_dict(spec: SourceSpec, unit: eio.FileUnit, instruction: str, *, has_he
         "instruction": instruction,
         "has_header": has_header,
     }
+
+
+def _plan_beir(spec: SourceSpec, instruction: str, chunk_bytes: int) -> list[dict[str, Any]]:
+    """One unit for a corpus of up to ``chunk_bytes``; a larger one is split like a line file.
+
+    Split, one ``qrels`` unit checks every qrels row (and rejects the bad ones, by line) and
+    writes no sample, and each ``docs`` piece, a byte range of corpus.jsonl, writes the samples
+    of the documents in its range. So every row is still rejected once, with the same reason,
+    no task holds more of the corpus than its range, and no task keeps more than ids for all
+    of it. (A corpus-id repeated in corpus.jsonl in two pieces gives a sample for each copy;
+    in one unit the last copy wins.)
+    """
+    split = _beir_split(spec)
+    version = _beir_version(spec.path, split)
+    whole = eio.FileUnit(path=spec.path, extras={"split": split})
+    pieces = eio.plan_file_units(_beir_file(spec.path, "corpus"), chunk_bytes, force=True)
+    if len(pieces) == 1:
+        return [_unit_dict(spec, whole, instruction, has_header=True, kind="beir", version=version)]
+    whole.extras["role"] = "qrels"
+    units = [_unit_dict(spec, whole, instruction, has_header=True, kind="beir", version=version)]
+    for piece in pieces:
+        piece.extras = {"split": split, "role": "docs", "folder": spec.path}
+        units.append(_unit_dict(spec, piece, instruction, has_header=True, kind="beir",
+                                version=version))
+    return units
+
+
+def _beir_file(folder: str, name: str) -> str:
+    """``corpus.jsonl`` / ``queries.jsonl`` of a BEIR folder, or its compressed copy."""
+    return eio.expand_paths(eio.join(folder, f"{name}.jsonl*"))[0]
 
 
 def _beir_split(spec: SourceSpec) -> str:
@@ -199,8 +228,6 @@ def _first_error(exc: ValidationError) -> str:
 
 def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) -> dict[str, Any]:
     """Read one unit, write samples + rejected rows + its marker; return its stats."""
-    from ..data.fields import RowError
-
     spec = SourceSpec.model_validate(task["spec"])
     unit = eio.FileUnit(**task["unit"])
     uid = task["unit_id"]
@@ -229,11 +256,9 @@ def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) 
 
     try:
         if task["kind"] == "beir":
-            records, lookup = _beir_records(spec, unit)
-            queries, corpus = lookup
-            split = unit.extras["split"]
-            transform = lambda d: from_beir_qrel(d, queries, corpus, spec.name, task["instruction"], split)  # noqa: E731
+            records, transform, counted = _beir_reader(spec, unit, task["instruction"])
         else:
+            counted = True
             fmt = get_format(spec.format)
             assert fmt.transform is not None
             records = eio.iter_records(unit, delimiter=unit.extras.get("delimiter"),
@@ -242,7 +267,7 @@ def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) 
                                        line_based=unit.extras.get("line_based", False))
             transform = lambda d: fmt.transform(d, spec, task["instruction"])  # noqa: E731
         for rec in records:
-            rows_in += 1
+            rows_in += counted  # a corpus piece's rows were counted by its qrels unit
             if rec.error is not None:
                 reject(rec.file, rec.line, rec.reason or "unreadable_row", rec.error, rec.raw)
                 continue
@@ -289,25 +314,91 @@ def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) 
     return stats
 
 
-def _beir_records(spec: SourceSpec, unit: eio.FileUnit):
-    """qrels records plus the query/doc texts they need (corpus streamed, only needed docs kept)."""
+def _beir_reader(spec: SourceSpec, unit: eio.FileUnit, instruction: str):
+    """``(qrels records, transform, whether they count as rows read)`` of a BEIR unit.
+
+    Its role (see :func:`_plan_beir`): ``all`` reads and checks everything; ``qrels`` checks
+    every row against the ids of the whole corpus (streamed, ids only) and makes no sample;
+    ``docs`` makes the samples of the rows whose document lies in its byte range, skipping
+    the rows the ``qrels`` unit rejects so none is reported twice (an empty document is only
+    seen, and so only rejected, by its piece).
+    """
+    role = unit.extras.get("role", "all")
     split = unit.extras["split"]
-    qrels_path = eio.join(spec.path, "qrels", f"{split}.tsv")
-    qrels = list(eio.iter_records(eio.FileUnit(qrels_path, header=eio.read_header(qrels_path)),
-                                  delimiter="\t", has_header=True, limit=spec.limit))
-    need_q = {str(r.data.get("query-id", "")).strip() for r in qrels if r.data}
-    need_d = {str(r.data.get("corpus-id", "")).strip() for r in qrels if r.data}
-    queries: dict[str, str] = {}
-    corpus: dict[str, str] = {}
-    for name, target, need, text_of in (
-        ("queries", queries, need_q, lambda d: str(d.get("text") or "")),
-        ("corpus", corpus, need_d, beir_doc_text),
-    ):
-        files = [p for p in eio.expand_paths(eio.join(spec.path, f"{name}.jsonl*"))]
-        for rec in eio.iter_records(eio.FileUnit(files[0])):
-            if rec.data is None:
-                continue
-            key = str(rec.data.get("_id", ""))
-            if key in need:
-                target[key] = text_of(rec.data)
-    return qrels, (queries, corpus)
+    folder = unit.extras.get("folder", unit.path)
+    qrels_path = eio.join(folder, "qrels", f"{split}.tsv")
+    header = eio.read_header(qrels_path)
+
+    def qrels() -> Iterator[eio.Record]:
+        return eio.iter_records(eio.FileUnit(qrels_path, header=header), delimiter="\t",
+                                has_header=True, limit=spec.limit)
+
+    def samples(queries: dict[str, str], corpus: Mapping[str, str]):
+        return lambda d: from_beir_qrel(d, queries, corpus, spec.name, instruction, split)
+
+    queries_file = eio.FileUnit(_beir_file(folder, "queries"))
+    corpus_file = eio.FileUnit(_beir_file(folder, "corpus"))
+    if role == "all":
+        rows = list(qrels())
+        need_q, need_d = _qrel_ids(rows)
+        return rows, samples(_texts(queries_file, need_q, _query_text),
+                             _texts(corpus_file, need_d, beir_doc_text)), True
+    if role == "qrels":
+        need_q, need_d = _qrel_ids(qrels())
+        # every document counts as non-empty here (its piece rejects an empty one): ids only
+        present = dict.fromkeys(_texts(corpus_file, need_d, None), "(in corpus)")
+        check = samples(_texts(queries_file, need_q, _query_text), present)
+        return qrels(), lambda d: check(d) and [], True  # rejects only; the pieces write
+    _, need_d = _qrel_ids(qrels())
+    corpus = _texts(unit, need_d, beir_doc_text)  # this piece's byte range only
+    mine = [r for r in qrels() if _doc_of(r) in corpus]
+    queries = {q: t for q, t in _texts(queries_file, _qrel_ids(mine)[0], _query_text).items()
+               if t.strip()}  # an unknown or empty query is the qrels unit's to reject
+    return [r for r in mine if _query_of(r) in queries], samples(queries, corpus), False
+
+
+def _query_text(d: Mapping[str, Any]) -> str:
+    return str(d.get("text") or "")
+
+
+def _valid_ids(rec: eio.Record) -> tuple[str, str, float] | None:
+    if rec.data is None:
+        return None
+    try:
+        return beir_qrel_ids(rec.data)
+    except RowError:
+        return None
+
+
+def _doc_of(rec: eio.Record) -> str | None:
+    ids = _valid_ids(rec)
+    return ids[1] if ids else None
+
+
+def _query_of(rec: eio.Record) -> str | None:
+    ids = _valid_ids(rec)
+    return ids[0] if ids else None
+
+
+def _qrel_ids(records: Iterable[eio.Record]) -> tuple[set[str], set[str]]:
+    """The query ids and corpus ids the qrels rows name (as the rows hold them, stripped)."""
+    need_q: set[str] = set()
+    need_d: set[str] = set()
+    for r in records:
+        if r.data:
+            need_q.add(str(r.data.get("query-id", "")).strip())
+            need_d.add(str(r.data.get("corpus-id", "")).strip())
+    return need_q, need_d
+
+
+def _texts(unit: eio.FileUnit, need: set[str], text_of) -> dict[str, Any]:
+    """``{_id: text_of(record)}`` of the JSON lines of ``unit`` whose ``_id`` is in ``need``
+    (the last copy of an id wins); ``text_of=None`` keeps the ids only."""
+    out: dict[str, Any] = {}
+    for rec in eio.iter_records(unit):
+        if rec.data is None:
+            continue
+        key = str(rec.data.get("_id", ""))
+        if key in need:
+            out[key] = text_of(rec.data) if text_of else None
+    return out
