@@ -243,6 +243,25 @@ def synth_size(work: Path, n: int) -> dict[str, Any]:
     return {"samples": n, "synthesize": res, "rows_by_source": summary.get("rows_by_source")}
 
 
+def mining_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Driver growth, the largest size's index shard against what it holds, cache read per
+    share, and (with two sizes or more) the last step's wall time against linear."""
+    first, last = runs[0], runs[-1]
+    out: dict[str, Any] = {
+        "driver_growth": round(last["mine"]["driver_peak_mb"] / first["mine"]["driver_peak_mb"], 2)}
+    shard_peak = max(v for k, v in last["mine"]["by_role_peak_mb"].items() if k.startswith("worker:IndexShard"))
+    held = max(s["vectors_mb"] + s["lookup_mb"] + s["texts_mb"] for s in last["shards"])
+    overhead = first["mine"]["by_role_peak_mb"].get("worker:IndexShard", 0.0)
+    out["shard_worker"] = {"peak_mb": shard_peak, "held_mb": held, "fixed_overhead_mb": overhead,
+                           "ratio_to_2x_held_plus_overhead": round(shard_peak / (2 * held + overhead), 2)}
+    out["max_cache_read_share"] = max(s["cache_read_share"] for r in runs for s in r["shards"])
+    if len(runs) >= 2:
+        a, b = runs[-2], runs[-1]
+        out["wall_vs_linear"] = round((b["mine"]["wall_s"] / a["mine"]["wall_s"]) /
+                                      (b["passages"] / a["passages"]), 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000,1000000")
@@ -255,25 +274,21 @@ def main() -> None:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ef-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     model = tiny_encoder(work / "encoder")
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]  # --sizes "": synthesis only
     runs = []
     for n in sizes:
         r = mine_size(work, n, model, args.shards)
         runs.append(r)
         print(json.dumps(r), flush=True)
     result: dict[str, Any] = {"sizes": sizes, "runs": runs}
-    first, last = runs[0], runs[-1]
-    result["driver_growth"] = round(last["mine"]["driver_peak_mb"] / first["mine"]["driver_peak_mb"], 2)
-    shard_peak = max(v for k, v in last["mine"]["by_role_peak_mb"].items() if k.startswith("worker:IndexShard"))
-    held = max(s["vectors_mb"] + s["lookup_mb"] + s["texts_mb"] for s in last["shards"])
-    overhead = first["mine"]["by_role_peak_mb"].get("worker:IndexShard", 0.0)
-    result["shard_worker"] = {"peak_mb": shard_peak, "held_mb": held, "fixed_overhead_mb": overhead,
-                              "ratio_to_2x_held_plus_overhead": round(shard_peak / (2 * held + overhead), 2)}
-    result["max_cache_read_share"] = max(s["cache_read_share"] for r in runs for s in r["shards"])
+    met: dict[str, bool] = {}
+    if runs:
+        result |= mining_figures(runs)
+        met |= {"shard_memory": result["shard_worker"]["ratio_to_2x_held_plus_overhead"] <= 1,
+                "cache_share": result["max_cache_read_share"] <= 1.1}
     if len(runs) >= 2:
-        a, b = runs[-2], runs[-1]
-        result["wall_vs_linear"] = round((b["mine"]["wall_s"] / a["mine"]["wall_s"]) /
-                                         (b["passages"] / a["passages"]), 2)
+        met |= {"driver_flat": result["driver_growth"] <= 1.3,
+                "wall_linear": result["wall_vs_linear"] <= 1.3}
     if args.st_at:
         result["sentence_transformers"] = st_side(work, args.st_at, model)
         print(json.dumps({"sentence_transformers": result["sentence_transformers"]}), flush=True)
@@ -286,11 +301,6 @@ def main() -> None:
         result["synth_driver_growth"] = round(synth[-1]["synthesize"]["driver_peak_mb"] /
                                               synth[0]["synthesize"]["driver_peak_mb"], 2)
     # only what this run measured (one size has no growth to judge)
-    met = {"shard_memory": result["shard_worker"]["ratio_to_2x_held_plus_overhead"] <= 1,
-           "cache_share": result["max_cache_read_share"] <= 1.1}
-    if len(runs) >= 2:
-        met |= {"driver_flat": result["driver_growth"] <= 1.3,
-                "wall_linear": result["wall_vs_linear"] <= 1.3}
     if "synth_driver_growth" in result:
         met["synth_driver_flat"] = result["synth_driver_growth"] <= 1.3
     result["met"] = met
