@@ -16,7 +16,8 @@ same encoder on the N-passage corpus, in one process, for comparison. ``--synth-
 OpenAI-compatible server with no latency, answering with ``testing.responders`` (valid JSON
 that passes the synthesis rules, so paraphrases are accepted and written), sampled the same
 way (driver flat is the target). Each mining run embeds from cold into a cache folder of its
-own, so a kept ``--work`` folder does not turn a rerun into a cache hit.
+own, and each synthesis run starts with an empty response cache, so a kept ``--work`` folder
+does not turn a rerun into cache hits.
 
 Targets (issue #15): driver peak at 1M <= 1.3x its value at 10k; no worker above 2x its
 shard's vectors + texts plus a fixed overhead (stated in the output); each shard reads <= 1.1x
@@ -228,17 +229,20 @@ def synth_size(work: Path, n: int) -> dict[str, Any]:
                  "--num-cpus", "2"], work / f"synth-prepare-{n}.log")
     server = subprocess.Popen([sys.executable, "-m", "embedforge.testing.fake_llm", "--port", "0",
                                "--latency", "0", "--responder", "synth"], stdout=subprocess.PIPE, text=True)
+    # a response cache of its own, new for this run: every request reaches the server
+    cache_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"synth-cache-{n}-"))
     try:
         assert server.stdout is not None
         line = server.stdout.readline().strip()
         assert line.startswith("READY "), line
         res = run_job(["jobs/synthesize.py", "--input", str(prep), "--output", str(out), "--force",
-                       "--techniques", "paraphrase", "--llm.base-url", line.split()[1],
-                       "--llm.max-concurrency", "64", "--num-actors", "2", "--num-cpus", "2"],
-                      work / f"synth-{n}.log")
+                       "--cache", str(cache_dir), "--techniques", "paraphrase",
+                       "--llm.base-url", line.split()[1], "--llm.max-concurrency", "64",
+                       "--num-actors", "2", "--num-cpus", "2"], work / f"synth-{n}.log")
     finally:
         server.terminate()
         server.wait()
+        shutil.rmtree(cache_dir)  # made above, by this run
     summary = json.loads((out / "summary.json").read_text())
     return {"samples": n, "synthesize": res, "rows_by_source": summary.get("rows_by_source")}
 
