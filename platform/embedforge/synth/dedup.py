@@ -3,7 +3,8 @@
 The synthesize stage must drop (a) later copies of an exact id and (b) generated rows whose
 normalised text repeats an earlier row, over the *whole* output, which at corpus scale does
 not fit one process. Both decisions only ever compare rows that share a key, so each runs on
-hash partitions (Ray Data ``groupby(...).map_groups``) and needs no global state:
+hash partitions (a keyed Ray Data ``repartition``, one call per partition) and needs no
+global state:
 
 1. :func:`resolve_ids` (rows grouped by ``id``): one copy of every id survives: an original
    before a generated row, then the smallest :func:`copy_digest`; it gets ``_copies`` (how
