@@ -75,3 +75,21 @@ def test_the_watchdog_stops_the_job_when_the_server_dies(tmp_path):
     assert llm.watch.died == -signal.SIGKILL
     assert "exited with code -9 mid-run" in str(llm.watch.error())
     assert str(tmp_path / "out" / "_llm_server.log") in str(llm.watch.error())
+
+
+def test_the_watchdog_stops_a_job_started_with_sigint_ignored(tmp_path):
+    """A job run in the background from a script (``cmd &``) inherits SIGINT ignored; the
+    watchdog must still interrupt it, and give the job's handler back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        interrupted = False
+        try:
+            with local_llm(cfg(tmp_path), lambda *_: None, engines=[("fake", fake())]) as llm:
+                os.kill(llm.watch.proc.pid, signal.SIGKILL)
+                time.sleep(10)  # interrupted long before this ends
+        except KeyboardInterrupt:
+            interrupted = True
+        assert interrupted
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)

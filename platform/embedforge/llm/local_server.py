@@ -122,12 +122,19 @@ def probe_completion(base_url: str, timeout_s: float, proc: subprocess.Popen[Any
 class ServerWatch:
     """Follows the server process from a daemon thread; when it dies unexpectedly, it
     sends this process SIGINT (``KeyboardInterrupt`` in the main thread, even inside a
-    blocking call) so the job stops at once."""
+    blocking call) so the job stops at once.
+
+    While it watches, SIGINT raises ``KeyboardInterrupt`` whatever the process had: a job
+    started in the background from a script (``python jobs/synthesize.py ... &``) inherits
+    SIGINT ignored, and Python then keeps it ignored, so the interrupt would be lost and the
+    job would wait on a dead server. The previous handler comes back on :meth:`stop`.
+    """
 
     def __init__(self, proc: subprocess.Popen[Any], log_path: str, backend: str,
                  poll_s: float = 0.5):
         self.proc, self.log_path, self.backend, self.poll_s = proc, log_path, backend, poll_s
         self.died: int | None = None
+        self._previous: Any = None  # the SIGINT handler replaced by start()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="llm-watch")
 
@@ -141,12 +148,17 @@ class ServerWatch:
                 return
 
     def start(self) -> ServerWatch:
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            self._previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
     def error(self) -> JobFailed:
         return JobFailed(f"the embedded LLM server ({self.backend} engine) exited with code {self.died} "
