@@ -351,10 +351,10 @@ def _beir_reader(spec: SourceSpec, unit: eio.FileUnit, instruction: str):
         return qrels(), lambda d: check(d) and [], True  # rejects only; the pieces write
     _, need_d = _qrel_ids(qrels())
     corpus = _texts(unit, need_d, beir_doc_text)  # this piece's byte range only
-    mine = [r for r in qrels() if _doc_of(r) in corpus]
-    queries = {q: t for q, t in _texts(queries_file, _qrel_ids(mine)[0], _query_text).items()
+    mine = [(r, ids) for r in qrels() if (ids := _valid_ids(r)) and ids[1] in corpus]
+    queries = {q: t for q, t in _texts(queries_file, {ids[0] for _, ids in mine}, _query_text).items()
                if t.strip()}  # an unknown or empty query is the qrels unit's to reject
-    return [r for r in mine if _query_of(r) in queries], samples(queries, corpus), False
+    return [r for r, ids in mine if ids[0] in queries], samples(queries, corpus), False
 
 
 def _query_text(d: Mapping[str, Any]) -> str:
@@ -362,6 +362,7 @@ def _query_text(d: Mapping[str, Any]) -> str:
 
 
 def _valid_ids(rec: eio.Record) -> tuple[str, str, float] | None:
+    """``(query-id, corpus-id, score)`` of a qrels record, or None for a row it rejects."""
     if rec.data is None:
         return None
     try:
@@ -370,24 +371,14 @@ def _valid_ids(rec: eio.Record) -> tuple[str, str, float] | None:
         return None
 
 
-def _doc_of(rec: eio.Record) -> str | None:
-    ids = _valid_ids(rec)
-    return ids[1] if ids else None
-
-
-def _query_of(rec: eio.Record) -> str | None:
-    ids = _valid_ids(rec)
-    return ids[0] if ids else None
-
-
 def _qrel_ids(records: Iterable[eio.Record]) -> tuple[set[str], set[str]]:
-    """The query ids and corpus ids the qrels rows name (as the rows hold them, stripped)."""
+    """The query ids and corpus ids of the rows that get as far as the id look-ups (a row
+    rejected for a missing id or a bad score never looks one up)."""
     need_q: set[str] = set()
     need_d: set[str] = set()
-    for r in records:
-        if r.data:
-            need_q.add(str(r.data.get("query-id", "")).strip())
-            need_d.add(str(r.data.get("corpus-id", "")).strip())
+    for ids in filter(None, map(_valid_ids, records)):
+        need_q.add(ids[0])
+        need_d.add(ids[1])
     return need_q, need_d
 
 
