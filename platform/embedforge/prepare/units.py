@@ -349,9 +349,11 @@ def _beir_reader(spec: SourceSpec, unit: eio.FileUnit, instruction: str):
         present = dict.fromkeys(_texts(corpus_file, need_d, None), "(in corpus)")
         check = samples(_texts(queries_file, need_q, _query_text), present)
         return qrels(), lambda d: check(d) and [], True  # rejects only; the pieces write
-    _, need_d = _qrel_ids(qrels())
-    corpus = _texts(unit, need_d, beir_doc_text)  # this piece's byte range only
-    mine = [(r, ids) for r in qrels() if (ids := _valid_ids(r)) and ids[1] in corpus]
+    # one read and one parse of the qrels: the (record, ids) list holds them (small next to a
+    # corpus piece), and both the needed ids and the rows this piece keeps come from it
+    parsed = [(r, ids) for r in qrels() if (ids := _valid_ids(r))]
+    corpus = _texts(unit, {ids[1] for _, ids in parsed}, beir_doc_text)  # this byte range only
+    mine = [(r, ids) for r, ids in parsed if ids[1] in corpus]
     queries = {q: t for q, t in _texts(queries_file, {ids[0] for _, ids in mine}, _query_text).items()
                if t.strip()}  # an unknown or empty query is the qrels unit's to reject
     return [r for r, ids in mine if ids[0] in queries], samples(queries, corpus), False
