@@ -8,7 +8,8 @@ package, the two-stage recipe of bench_train_quality.py with its flags):
 - ``base``: all-MiniLM-L6-v2 as shipped (scored once, it has no seed);
 - ``stage2``: stage 1 on SciFact train with negatives mined from the full corpus, then
   stage 2 adding STS-B train and 80% of Banking77;
-- ``mrl``: the same two stages with ``--loss.matryoshka-dims`` (64, 128, 256 and the full 384);
+- ``mrl``: the same two stages with ``--loss.matryoshka-dims`` (``--matryoshka-dims``, by default
+  64, 128, 256 and the full 384; ``--matryoshka-weights``, by default 1 each);
 - ``merge``: slerp between that seed's stage-1 and stage-2 models at each t of ``--grid``,
   the t with the best dev Mean(TaskType) (SciFact dev + STS-B dev) kept; stage 2 itself wins
   ties, so a merge must strictly beat it on dev.
@@ -182,15 +183,38 @@ def mean_sd(values: list[float]) -> dict[str, float]:
             "sd": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0, "n": len(v)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2")
+def add_recipe_args(ap: argparse.ArgumentParser) -> None:
+    """The two-stage recipe's flags (bench_train_quality.py's values), shared with the trials."""
     ap.add_argument("--stage1-steps", type=int, default=60)
     ap.add_argument("--stage1-lr", type=float, default=5e-5)
     ap.add_argument("--stage2-steps", type=int, default=150)
     ap.add_argument("--stage2-lr", type=float, default=5e-5)
     ap.add_argument("--retrieval-share", type=float, default=0.5)
     ap.add_argument("--pair-batch", type=int, default=128)
+
+
+def add_matryoshka_args(ap: argparse.ArgumentParser) -> None:
+    """The ``mrl`` model's Matryoshka sizes and weights, shared with trial_matryoshka.py."""
+    ap.add_argument("--matryoshka-dims", default="64,128,256",
+                    help="--loss.matryoshka-dims of the mrl model (the full size is always trained)")
+    ap.add_argument("--matryoshka-weights", default=None,
+                    help="--loss.matryoshka-weights: one per size plus the full size (default: all 1)")
+
+
+def mrl_variant(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(name, train flags) of the mrl model: the name carries the sizes and weights, so each
+    setting gets its own training and evaluation folders in a shared work folder."""
+    dims, weights = args.matryoshka_dims, args.matryoshka_weights
+    name = "mrl_d" + dims.replace(",", "-") + (f"_w{weights.replace(',', '-')}" if weights else "")
+    flags = ["--loss.matryoshka-dims", dims]
+    return name, flags + (["--loss.matryoshka-weights", weights] if weights else [])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1,2")
+    add_recipe_args(ap)
+    add_matryoshka_args(ap)
     ap.add_argument("--grid", default="0.25,0.5,0.75", help="slerp t values tried (stage 1 -> 2)")
     ap.add_argument("--rerank-depth", type=int, default=30)
     ap.add_argument("--smoke", action="store_true",
@@ -227,11 +251,13 @@ def main() -> None:
     # MiniLM was trained without instructions; our stages train with them
     table: dict[str, list[dict[str, Any]]] = {"base": [evaluate(base, specs, work / "eval_base", False, DIMS)]}
     merges = []
+    mrl_name, mrl_flags = mrl_variant(args)
     for seed in seeds:
         plain = train(work, "plain", base, args, seed, [])
-        mrl = train(work, "mrl", base, args, seed, ["--loss.matryoshka-dims", ",".join(map(str, DIMS))])
-        for name, path in (("stage2", plain / "stage2" / "model"), ("mrl", mrl / "stage2" / "model")):
-            table.setdefault(name, []).append(evaluate(str(path), specs, work / f"eval_{name}_{seed}", True, DIMS))
+        mrl = train(work, mrl_name, base, args, seed, mrl_flags)
+        for name, folder, path in (("stage2", "stage2", plain / "stage2" / "model"),
+                                   ("mrl", mrl_name, mrl / "stage2" / "model")):
+            table.setdefault(name, []).append(evaluate(str(path), specs, work / f"eval_{folder}_{seed}", True, DIMS))
         m = best_merge(work, plain, seed, grid, dev, dev_mean(table["stage2"][-1], dev_names))
         merges.append(m)
         table.setdefault("merge", []).append(evaluate(m["path"], specs, work / f"eval_merge_{seed}", True, DIMS))

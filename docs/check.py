@@ -98,10 +98,19 @@ def job_flags(script: str) -> frozenset[str]:
 
 @cache
 def script_flags(script: str) -> frozenset[str]:
-    """Flags a script declares with ``add_argument("--x", ...)`` (plus ``--help``)."""
-    tree = ast.parse((ROOT / script).read_text(encoding="utf-8"))
+    """Flags a script declares with ``add_argument("--x", ...)`` (plus ``--help``), in its own
+    source or in the functions it imports from a script beside it (shared argument helpers)."""
+    path = ROOT / script
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = list(ast.walk(tree))
+    for imp in [n for n in nodes if isinstance(n, ast.ImportFrom) and n.module and n.level == 0]:
+        sibling = path.parent / f"{imp.module}.py"
+        if sibling.exists():
+            helpers = {a.name for a in imp.names}
+            nodes += [n for f in ast.parse(sibling.read_text(encoding="utf-8")).body
+                      if isinstance(f, ast.FunctionDef) and f.name in helpers for n in ast.walk(f)]
     flags = {"--help", "-h"}
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
             flags.update(a.value for a in node.args if isinstance(a, ast.Constant)
                          and isinstance(a.value, str) and a.value.startswith("-"))

@@ -116,3 +116,11 @@ def test_a_stage_page_checks_its_own_jobs_flags(tmp_path):
     [p] = problems(tmp_path, "Set `--selection.margin`.\n", name="train.md")
     assert "--selection.margin is not a flag of the page's job" in p
     assert problems(tmp_path, "Set `--selection.margin`.\n", name="mine.md") == []
+
+
+def test_a_script_has_the_flags_of_the_argument_helpers_it_imports_and_no_others():
+    """trial_matryoshka.py takes its Matryoshka and recipe flags from bench_quality.py's helpers;
+    bench_quality.py's own main-only flags (--seeds, --grid) are not the trial's."""
+    flags = check.script_flags("benchmarks/trial_matryoshka.py")
+    assert {"--matryoshka-dims", "--matryoshka-weights", "--stage1-steps", "--work", "--seed"} <= flags
+    assert "--seeds" not in flags and "--grid" not in flags
