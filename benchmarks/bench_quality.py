@@ -44,7 +44,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_train_quality import capped_scifact, prepare_and_mine, run, train_command
+from bench_train_quality import (
+    add_recipe_args,
+    capped_scifact,
+    prepare_and_mine,
+    run,
+    train_command,
+)
 from embedforge.eval.report import mean_task_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,11 +122,14 @@ def reranking_file(out: Path, base: str, depth: int, corpus_cap: int | None) -> 
     return path
 
 
-def task_specs(scifact: Path, banking_eval: Path, rerank: Path, dev_only: bool) -> list[str]:
-    dev = [f"scifact=beir:{scifact}:dev", f"stsb_dev=sts:{STSB / 'sts-dev.csv'}"]
-    if dev_only:
-        return dev
-    return [*dev, f"stsb_test=sts:{STSB / 'sts-test.csv'}",
+def dev_specs(scifact: Path) -> list[str]:
+    """The dev tasks, the only ones any choice (merge t, Matryoshka setting) looks at."""
+    return [f"scifact=beir:{scifact}:dev", f"stsb_dev=sts:{STSB / 'sts-dev.csv'}"]
+
+
+def task_specs(scifact: Path, banking_eval: Path, rerank: Path) -> list[str]:
+    """Every reported task: the dev tasks, then STS-B test, Banking77 and reranking."""
+    return [*dev_specs(scifact), f"stsb_test=sts:{STSB / 'sts-test.csv'}",
             f"banking77=classification:{banking_eval}", f"banking77_clustering=clustering:{banking_eval}",
             f"scifact_rerank=reranking:{rerank}"]
 
@@ -183,16 +192,6 @@ def mean_sd(values: list[float]) -> dict[str, float]:
             "sd": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0, "n": len(v)}
 
 
-def add_recipe_args(ap: argparse.ArgumentParser) -> None:
-    """The two-stage recipe's flags (bench_train_quality.py's values), shared with the trials."""
-    ap.add_argument("--stage1-steps", type=int, default=60)
-    ap.add_argument("--stage1-lr", type=float, default=5e-5)
-    ap.add_argument("--stage2-steps", type=int, default=150)
-    ap.add_argument("--stage2-lr", type=float, default=5e-5)
-    ap.add_argument("--retrieval-share", type=float, default=0.5)
-    ap.add_argument("--pair-batch", type=int, default=128)
-
-
 def add_matryoshka_args(ap: argparse.ArgumentParser) -> None:
     """The ``mrl`` model's Matryoshka sizes and weights, shared with trial_matryoshka.py."""
     ap.add_argument("--matryoshka-dims", default="64,128,256",
@@ -245,8 +244,8 @@ def main() -> None:
         rerank = reranking_file(work, base, args.rerank_depth, corpus_cap)
     if not (work / "mined" / "summary.json").exists():
         prepare_and_mine(work, scifact, base, banking_train)
-    specs = task_specs(scifact, banking_eval, rerank, dev_only=False)
-    dev = task_specs(scifact, banking_eval, rerank, dev_only=True)
+    specs = task_specs(scifact, banking_eval, rerank)
+    dev = dev_specs(scifact)
     dev_names = [s.split("=", 1)[0] for s in dev]
     # MiniLM was trained without instructions; our stages train with them
     table: dict[str, list[dict[str, Any]]] = {"base": [evaluate(base, specs, work / "eval_base", False, DIMS)]}

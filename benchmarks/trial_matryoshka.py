@@ -22,12 +22,12 @@ from bench_quality import (
     DIMS,
     SCIFACT,
     add_matryoshka_args,
-    add_recipe_args,
+    dev_specs,
     evaluate,
     mrl_variant,
-    task_specs,
     train,
 )
+from bench_train_quality import add_recipe_args
 
 
 def main() -> None:
@@ -46,8 +46,7 @@ def main() -> None:
     name, flags = mrl_variant(args)
     t0 = time.perf_counter()
     trained = train(work, name, base, args, args.seed, flags)
-    dev = task_specs(SCIFACT, Path(), Path(), dev_only=True)
-    r = evaluate(str(trained / "stage2" / "model"), dev, work / f"dev_{name}_{args.seed}", True, DIMS)
+    r = evaluate(str(trained / "stage2" / "model"), dev_specs(SCIFACT), work / f"dev_{name}_{args.seed}", True, DIMS)
     scifact = {**r["dims"]["scifact"], "full": r["scores"]["scifact"]}
     print(json.dumps({"model": name, "seed": args.seed, "scifact_dev_by_dim": scifact,
                       "stsb_dev": r["scores"]["stsb_dev"], "wall_s": round(time.perf_counter() - t0)}))
