@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,10 +51,12 @@ def ray_local():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=short_temp_dir(),
+    temp_dir = short_temp_dir()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
              log_to_driver=False)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 
@@ -26,14 +27,16 @@ def scifact_subset(shared_data, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mine")
     started = not ray.is_initialized()
+    temp_dir = short_temp_dir() if started else None
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=short_temp_dir(),
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
                  log_to_driver=False)
     cfg = parse_config(PrepareConfig, ["--source", f"scifact=beir:{shared_data}/scifact:train",
                                        "--option", "scifact.limit=120", "--output", str(root / "prep")])
     run_prepare(cfg, log=lambda *_: None)
     if started:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     samples = eio.read_samples(str(root / "prep")).to_pylist()
     docs = {json.loads(x)["_id"]: json.loads(x) for x in (shared_data / "scifact/corpus.jsonl").read_text().splitlines()}
     keep = {json.loads(s["meta"])["doc_id"] for s in samples}
