@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +27,10 @@ from .. import io as eio
 from ..config import ConfigError
 from ..data.classification import draw_positive_and_negatives
 from ..instructions import format_instruction, is_symmetric
-from .sampler import DatasetInfo
+from .sampler import BatchDecision, BatchPlan, DatasetInfo
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 COLUMNS = ("id", "instruction", "query", "positive", "negatives", "score", "label")
 
@@ -319,3 +322,19 @@ def _local_copy(data_dir: str) -> str:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
+
+
+def stage_plan(cfg: TrainConfig, stage: int, data: TrainData,
+               decisions: list[BatchDecision] | list[dict[str, Any]]) -> BatchPlan:
+    """The batch plan of training stage ``stage`` (1 or 2) over ``data``, as every rank builds it.
+
+    One constructor for the workers and for anyone who must reproduce what a run trained on
+    (the golden-value tests hash its batches): two copies of these arguments could drift
+    apart, and a plan that differs from the workers' would pass for theirs.
+    """
+    st = cfg.stage1 if stage == 1 else cfg.stage2
+    return BatchPlan(data.infos, cfg.batch_size.as_dict(), alpha=cfg.alpha,
+                     retrieval_share=st.retrieval_share if stage == 2 else None, seed=cfg.seed,
+                     keys_of=data.keys,
+                     decisions=[x if isinstance(x, BatchDecision) else BatchDecision(**x)
+                                for x in decisions])

@@ -67,10 +67,10 @@ def train_worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from .. import metrics, tracking
-    from .data import TrainData
+    from .data import TrainData, stage_plan
     from .losses import gather_all
     from .model import batch_groups, batch_loss, build_model, loss_step
-    from .sampler import BatchDecision, BatchPlan, rank_slice
+    from .sampler import rank_slice
 
     cfg = TrainConfig.model_validate(config["cfg"])
     n = int(config["stage"])
@@ -102,10 +102,7 @@ def train_worker(config: dict[str, Any]) -> None:
             _, client = engine.load_checkpoint(d, tag="ckpt")
             start = int(client["step"])
     data = TrainData(config["data_dir"], config["manifest"], cfg.loss.num_negatives, cfg.seed)
-    plan = BatchPlan(data.infos, cfg.batch_size.as_dict(), alpha=cfg.alpha,
-                     retrieval_share=st.retrieval_share if n == 2 else None, seed=cfg.seed,
-                     keys_of=data.keys,
-                     decisions=[BatchDecision(**x) for x in config["decisions"]])
+    plan = stage_plan(cfg, n, data, config["decisions"])
     log_path = config.get("metrics_log")
     run = tracking.attach(config.get("tracking")) if rank == 0 else tracking.NULL
     if rank == 0:
