@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -74,3 +75,53 @@ def ray_two_nodes():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+UPDATE_GOLDEN = os.environ.get("EMBEDFORGE_UPDATE_GOLDEN", "").lower() not in ("", "0", "false")
+
+
+class Golden:
+    """The recorded values of one ``tests/golden/NAME.json``: what a deterministic path learnt.
+
+    ``check(key, value)`` compares ``value`` with the recorded one (floats, and lists of them,
+    within ``rel``/``abs``; everything else exactly). With ``EMBEDFORGE_UPDATE_GOLDEN=1`` it
+    records ``value`` instead, and the test then fails on purpose: a changed golden value must
+    reach a commit through ``git diff tests/golden``, read and explained, never by a green run.
+    """
+
+    def __init__(self, name: str):
+        self.path = GOLDEN_DIR / f"{name}.json"
+        self.recorded = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.updated: dict[str, object] = {}
+
+    def check(self, key: str, value: object, *, rel: float = 0.0, abs: float = 0.0) -> None:
+        if UPDATE_GOLDEN:
+            self.updated[key] = value
+            return
+        if key not in self.recorded:
+            pytest.fail(f"{self.path.name} records no {key!r}: run this test with "
+                        "EMBEDFORGE_UPDATE_GOLDEN=1 and commit the new value with the reason")
+        want = self.recorded[key]
+        same = value == pytest.approx(want, rel=rel, abs=abs) if (rel or abs) else value == want
+        assert same, (f"golden value {key!r} of {self.path.name} moved: recorded {want!r}, now "
+                      f"{value!r}. If the change is meant, rerun with EMBEDFORGE_UPDATE_GOLDEN=1 "
+                      "and commit tests/golden with the reason")
+
+    def finish(self) -> None:
+        if not self.updated:
+            return
+        merged = {**self.recorded, **self.updated}
+        GOLDEN_DIR.mkdir(exist_ok=True)
+        self.path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        changed = sorted(k for k, v in self.updated.items() if self.recorded.get(k) != v)
+        pytest.fail(f"golden values recorded in {self.path} (changed: {', '.join(changed) or 'none'})"
+                    "; review `git diff tests/golden`, then rerun without EMBEDFORGE_UPDATE_GOLDEN")
+
+
+@pytest.fixture(scope="module")
+def golden(request):
+    """The module's :class:`Golden` file, named after the test module."""
+    g = Golden(Path(request.module.__file__).stem.removeprefix("test_"))
+    yield g
+    g.finish()
