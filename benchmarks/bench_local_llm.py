@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from common import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -172,7 +174,7 @@ def main() -> None:
             for key in ("req_per_s", "accepted_per_s"):
                 e[f"{key}_vs_llama_cpp"] = round(e[key]["median"] / base[key]["median"], 2)
     if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        write_results(args.out, out)
     for e in out["engines"]:
         if "error" in e:
             print(f"{e['backend']:>12}: {e['error']}")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fmt, peak_memory, rotated, spread
+from common import fmt, peak_memory, rotated, spread, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scifact"
@@ -196,7 +196,7 @@ def main() -> None:
     result["targets"] = {"wall_ratio": "<= 0.7", "negatives": "identical where settings are equivalent"}
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_results(args.out, result)
     shutil.rmtree(work, ignore_errors=True)
 
 

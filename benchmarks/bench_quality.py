@@ -51,6 +51,7 @@ from bench_train_quality import (
     run,
     train_command,
 )
+from common import write_results
 from embedforge.eval.report import mean_task_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,7 +287,7 @@ def main() -> None:
               "wall_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps({"summary": summary, "checks": checks}, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

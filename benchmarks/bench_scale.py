@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from common import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -310,7 +312,7 @@ def main() -> None:
     result["met"] = met
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

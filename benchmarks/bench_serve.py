@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import fmt, peak_memory, rotated, spread
+from common import fmt, peak_memory, rotated, spread, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB = ROOT.parent / "shared" / "data" / "stsb" / "sts-test.csv"
@@ -236,11 +236,10 @@ def main() -> None:
                   f"p99 {ratios[key]['p99']:.2f}x ({fmt(a['p99_ms'])} vs {fmt(b['p99_ms'])} ms)")
     for name in servers:
         print(f"  peak PSS {name}: {fmt(results[name]['peak_pss_mb'], ' MB')}")
-    with open(args.out, "w") as fh:
-        json.dump({"model": "all-MiniLM-L6-v2", "seconds": args.seconds, "repeats": args.repeats,
-                   "threads": args.threads, "replicas": args.replicas, "wait_ms": args.wait_ms,
-                   "cpus": os.cpu_count(), "results": results, "ratios": ratios,
-                   "runs": runs}, fh, indent=2)
+    write_results(args.out, {
+        "model": "all-MiniLM-L6-v2", "seconds": args.seconds, "repeats": args.repeats,
+        "threads": args.threads, "replicas": args.replicas, "wait_ms": args.wait_ms,
+        "cpus": os.cpu_count(), "results": results, "ratios": ratios, "runs": runs})
     print(f"wrote {args.out}")
 
 

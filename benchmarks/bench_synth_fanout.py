@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from common import fmt, rotated, spread
+from common import fmt, rotated, spread, write_results
 
 PROMPT = "Paraphrase: the quick brown fox jumps over the lazy dog near the river bank."
 
@@ -240,9 +240,8 @@ def main() -> None:
     }
     print(json.dumps(summary, indent=2))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"runs": results, "summary": summary, "latency_s": args.latency,
-                       "repeats": args.repeats, "raw": runs}, fh, indent=2)
+        write_results(args.out, {"runs": results, "summary": summary, "latency_s": args.latency,
+                                 "repeats": args.repeats, "raw": runs})
 
 
 if __name__ == "__main__":

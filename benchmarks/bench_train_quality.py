@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -150,7 +152,7 @@ def main() -> None:
                      "stage2_gain": result["stage2_scifact_gain_points"] >= 2}
     print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fmt, peak_memory, rotated, spread
+from common import fmt, peak_memory, rotated, spread, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scifact"
@@ -211,7 +211,7 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

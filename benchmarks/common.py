@@ -9,12 +9,42 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import statistics
+import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def provenance() -> dict[str, object]:
+    """The commit the figures are measured on, and whether tracked files differed from it.
+
+    Why: a figure is only comparable with the code that produced it. A results file that
+    names no commit cannot say whether the README's numbers still hold (issue #32: the training
+    benchmark moved 1.3 points and its file did not say which code had measured the old one).
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError) as exc:  # not a git checkout
+        print(f"warning: cannot name the commit measured ({exc}); docs-check will refuse "
+              "this results file until it names one", flush=True)
+        return {"commit": "unknown", "dirty": True}
+
+
+def write_results(path: str | Path, result: Mapping[str, object]) -> None:
+    """``result`` as JSON at ``path``, with :func:`provenance` first (written even when git
+    cannot say the commit: an hour of measurement is not thrown away for want of a name)."""
+    Path(path).write_text(json.dumps({**provenance(), **result}, indent=2) + "\n")
 
 
 def spread(values: Iterable[float], digits: int = 2) -> dict[str, float]:

@@ -28,12 +28,14 @@ from bench_quality import (
     train,
 )
 from bench_train_quality import add_recipe_args
+from common import write_results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="a bench_quality.py work folder (prepared and mined)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     add_matryoshka_args(ap)
     add_recipe_args(ap)
     args = ap.parse_args()
@@ -48,8 +50,11 @@ def main() -> None:
     trained = train(work, name, base, args, args.seed, flags)
     r = evaluate(str(trained / "stage2" / "model"), dev_specs(SCIFACT), work / f"dev_{name}_{args.seed}", True, DIMS)
     scifact = {**r["dims"]["scifact"], "full": r["scores"]["scifact"]}
-    print(json.dumps({"model": name, "seed": args.seed, "scifact_dev_by_dim": scifact,
-                      "stsb_dev": r["scores"]["stsb_dev"], "wall_s": round(time.perf_counter() - t0)}))
+    result = {"model": name, "seed": args.seed, "scifact_dev_by_dim": scifact,
+              "stsb_dev": r["scores"]["stsb_dev"], "wall_s": round(time.perf_counter() - t0)}
+    print(json.dumps(result))
+    if args.out:
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

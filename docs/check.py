@@ -18,7 +18,11 @@ Checked on every page:
   (globs must match, ``{a,b}`` expands);
   ``embedforge.a.b`` must be a module, or a name defined at the top of one;
 - **layout trees** (a code block starting with ``platform/embedforge/``): every entry must
-  exist where its indentation puts it.
+  exist where its indentation puts it;
+- **figures** in a table row (a number with two or more decimals) under a heading whose
+  section cites ``benchmarks/results-*.json`` must be a value of one of those files, rounded
+  to the digits shown (or that value in points, ×100): a README that keeps old figures after
+  the results file moved fails. Every results file must name the ``commit`` it was measured on.
 
 A job's flags come from importing its config class (light: no torch or Ray), so a renamed
 field breaks the docs that still name the old flag. Lives outside the library: it checks the
@@ -31,10 +35,13 @@ import argparse
 import ast
 import glob
 import importlib
+import itertools
+import json
 import re
 import shlex
 import sys
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -55,6 +62,9 @@ _HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 _FLAG = re.compile(r"^--[A-Za-z][\w.\-*]*")
 _PATH = re.compile(rf"(?<![\w./~-])((?:{'|'.join(TOP_DIRS)}|embedforge)/[\w./*{{}},\-]*)")
 _MODULE = re.compile(r"(?<![\w./])embedforge(?:\.\w+)+")
+_RESULTS = re.compile(r"(?<![\w.-])(?:benchmarks/)?(results-[\w.-]+\.json)")
+_FIGURE = re.compile(r"(?<![\w.])[-+−]?\d+\.\d{2,}(?![\w.])")
+_COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _SCRIPT = re.compile(r"(?:^|/)((?:jobs|benchmarks|dashboards|docs)/[\w\-]+\.py)$")
 
 
@@ -62,7 +72,7 @@ _SCRIPT = re.compile(r"(?:^|/)((?:jobs|benchmarks|dashboards|docs)/[\w\-]+\.py)$
 class Report:
     problems: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("pages", "links", "flags", "paths", "modules"), 0))
+        ("pages", "links", "flags", "paths", "modules", "figures"), 0))
 
     def bad(self, page: Path, line: int, message: str) -> None:
         self.problems.append(f"{_rel(page)}:{line}: {message}")
@@ -304,6 +314,67 @@ def _check_layout(body: str, page: Path, line: int, report: Report) -> None:
             report.bad(page, line + i, f"layout: {path} does not exist")
 
 
+@cache
+def results_values(name: str) -> tuple[Decimal, ...] | None:
+    """Every number in ``benchmarks/NAME`` (None when the file does not exist)."""
+    path = ROOT / "benchmarks" / name
+    if not path.exists():
+        return None
+    out: list[Decimal] = []
+
+    def walk(o: object) -> None:
+        if isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+        elif isinstance(o, int | float) and not isinstance(o, bool):
+            out.append(Decimal(repr(o)))
+
+    walk(json.loads(path.read_text(encoding="utf-8")))
+    return tuple(out)
+
+
+def figure_in(shown: str, values: tuple[Decimal, ...]) -> bool:
+    """Whether the figure ``shown`` (``0.7842``, ``+3.82``, ``−0.23``) is one of ``values``
+    rounded to its digits, as is or in points (×100). Rounded as a person (half up), as
+    ``Decimal`` (half even) or as Python's ``round`` of the float (``round(0.72395, 4)`` is
+    0.7239) would round it: the check is for a figure that moved, not for how it was rounded."""
+    x = Decimal(shown.replace("−", "-").lstrip("+"))
+    step = Decimal(1).scaleb(x.as_tuple().exponent)
+    digits = -x.as_tuple().exponent
+    return any((v * k).quantize(step, rounding=r) == x or round(float(v) * k, digits) == float(x)
+               for v in values for k in (1, 100) for r in (ROUND_HALF_UP, ROUND_HALF_EVEN))
+
+
+def _check_figures(prose: str, page: Path, report: Report, cited_text: str) -> None:
+    """Table figures of each section against the results files that section cites."""
+    starts = [0, *(m.start() for m in _HEADING.finditer(prose)), len(prose)]
+    cited_starts = [0, *(m.start() for m in _HEADING.finditer(cited_text)), len(cited_text)]
+    for (a, b), (ca, cb) in zip(itertools.pairwise(starts), itertools.pairwise(cited_starts),
+                                strict=True):
+        names = sorted(set(_RESULTS.findall(cited_text[ca:cb])))
+        if not names:
+            continue
+        values = tuple(v for n in names for v in (results_values(n) or ()))
+        for m in re.finditer(r"^\|.*$", prose[a:b], re.M):
+            for f in _FIGURE.finditer(m.group(0)):
+                report.counts["figures"] += 1
+                if not figure_in(f.group(0), values):
+                    report.bad(page, _line(prose, a + m.start() + f.start()),
+                               f"figure {f.group(0)} is in none of {', '.join(names)}")
+
+
+def check_results_files(report: Report) -> None:
+    """Every ``benchmarks/results-*.json`` exists where cited and names its commit."""
+    for path in sorted((ROOT / "benchmarks").glob("results-*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        commit = data.get("commit") if isinstance(data, dict) else None
+        if not (isinstance(commit, str) and _COMMIT.match(commit)):
+            report.bad(path, 1, "names no commit it was measured on (a \"commit\" key, hex)")
+
+
 def check_page(page: Path, report: Report) -> None:
     text = page.read_text(encoding="utf-8")
     report.counts["pages"] += 1
@@ -329,6 +400,13 @@ def check_page(page: Path, report: Report) -> None:
             report.bad(page, line, f"link to {target}: {_rel(dest)} does not exist")
         elif anchor and dest.suffix == ".md" and anchor not in slugs(dest):
             report.bad(page, line, f"link to {target}: no heading #{anchor} in {_rel(dest)}")
+    for name in sorted(set(_RESULTS.findall(text))):
+        if results_values(name) is None:
+            report.bad(page, _line(text, text.index(name)), f"benchmarks/{name} does not exist")
+    # headings are found in the prose (a fenced "# comment" is no heading), and the files a
+    # section cites anywhere in it, code blocks included (the command's --out names its file)
+    blanked = _FENCE.sub(lambda m: re.sub(r"(?m)^#", " ", m.group(0)), text)
+    _check_figures(prose, page, report, blanked)
 
 
 def default_pages() -> list[Path]:
@@ -343,6 +421,7 @@ def check(pages: list[Path]) -> Report:
     report = Report()
     for page in pages:
         check_page(page, report)
+    check_results_files(report)
     return report
 
 
@@ -355,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
     c = report.counts
     summary = (f"{c['pages']} pages, {c['links']} links, {c['flags']} flags, {c['paths']} paths, "
-               f"{c['modules']} module names")
+               f"{c['modules']} module names, {c['figures']} figures")
     if report.problems:
         print(f"docs-check: FAILED, {len(report.problems)} problem(s) in {summary}",
               file=sys.stderr)

@@ -124,3 +124,66 @@ def test_a_script_has_the_flags_of_the_argument_helpers_it_imports_and_no_others
     flags = check.script_flags("benchmarks/trial_matryoshka.py")
     assert {"--matryoshka-dims", "--matryoshka-weights", "--stage1-steps", "--work", "--seed"} <= flags
     assert "--seeds" not in flags and "--grid" not in flags
+
+
+def _bench_root(tmp_path: Path, monkeypatch, results: dict, readme: str) -> list[str]:
+    """A repository with ``benchmarks/results-x.json`` = ``results`` and ``benchmarks/README.md``."""
+    import json
+
+    bench = tmp_path / "benchmarks"
+    bench.mkdir(parents=True)
+    (bench / "results-x.json").write_text(json.dumps(results))
+    (bench / "README.md").write_text(readme)
+    monkeypatch.setattr(check, "ROOT", tmp_path)
+    check.results_values.cache_clear()
+    try:
+        return check.check([bench / "README.md"]).problems
+    finally:
+        check.results_values.cache_clear()
+
+
+README_FIGURES = """# Benchmarks
+
+## Quality
+
+Measured (`benchmarks/results-x.json`):
+
+| model | SciFact | gain |
+|---|---|---|
+| stage 1 | {s1} | +{gain} |
+
+## Elsewhere
+
+| a figure no results file holds | 0.1234 |
+"""
+RESULTS = {"commit": "f5d5b6c", "scores": {"stage1": 0.78418}, "gain_points": 3.82}
+
+
+def test_readme_figures_match_the_results_file_they_cite(tmp_path, monkeypatch):
+    """Issue #32: the README kept 0.7842 after the benchmark gave 0.7737. A section citing a
+    results file may show only that file's values (rounded, or in points); sections citing none
+    are not compared."""
+    ok = README_FIGURES.format(s1="0.7842", gain="3.82")
+    assert _bench_root(tmp_path, monkeypatch, RESULTS, ok) == []
+    moved = {**RESULTS, "scores": {"stage1": 0.77372}, "gain_points": 2.77}
+    found = _bench_root(tmp_path / "b", monkeypatch, moved, ok)
+    assert len(found) == 2, found
+    assert "README.md:9: figure 0.7842 is in none of results-x.json" in found[0]
+    assert "figure +3.82 is in none of results-x.json" in found[1]
+
+
+def test_a_results_file_must_name_its_commit(tmp_path, monkeypatch):
+    readme = README_FIGURES.format(s1="0.7842", gain="3.82")
+    for commit in (None, "unknown", "HEAD"):
+        results = {k: v for k, v in RESULTS.items() if k != "commit"}
+        if commit:
+            results["commit"] = commit
+        found = _bench_root(tmp_path / str(commit), monkeypatch, results, readme)
+        assert found == ["benchmarks/results-x.json:1: names no "
+                         "commit it was measured on (a \"commit\" key, hex)"], found
+
+
+def test_a_cited_results_file_must_exist(tmp_path, monkeypatch):
+    readme = README_FIGURES.format(s1="0.7842", gain="3.82").replace("results-x.json", "results-y.json")
+    found = _bench_root(tmp_path, monkeypatch, RESULTS, readme)
+    assert any("benchmarks/results-y.json does not exist" in p for p in found), found
