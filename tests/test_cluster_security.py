@@ -23,9 +23,11 @@ import copy
 import re
 import shlex
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from embedforge.cloud_secrets import SECRET_IDS, SELECT_VAR
 from embedforge.serve.config import ServeConfig
@@ -329,6 +331,33 @@ def node_secrets(cfg: dict) -> dict[str, set[str]]:
     return out
 
 
+IDENTITIES = Path(__file__).resolve().parents[1] / "cluster" / "identities.yaml"
+BOOT_INSTALL = re.compile(r"\b(pip3?|conda|mamba|uv pip)\s+install\b|\bapt(-get)?\s+install\b")
+
+
+@cache
+def identities() -> dict[str, set[str]]:
+    """Identity name -> the secret ids it may read (cluster/identities.yaml)."""
+    return {k: set(v) for k, v in yaml.safe_load(IDENTITIES.read_text()).items()}
+
+
+def node_identity(provider: str, node_config: dict) -> str | None:
+    """The IAM instance profile (AWS) or service account (GCP) a node type runs as."""
+    if provider == "aws":
+        profile = node_config.get("IamInstanceProfile") or {}
+        ref = profile.get("Arn") or profile.get("Name") or ""
+        return ref.rsplit("/", 1)[-1] or None
+    accounts = node_config.get("serviceAccounts") or []
+    return accounts[0]["email"].split("@")[0] if accounts else None
+
+
+def unpinned_installs(cmd: str) -> bool:
+    """A package install at boot that is not pinned by constraints.txt (or a requirements file
+    with hashes): what it installs changes with the day the node boots."""
+    return bool(BOOT_INSTALL.search(cmd)) and not re.search(
+        r"(-c|--constraint)\s+\S*constraints\S*\.txt|--require-hashes", cmd)
+
+
 def launcher_security_problems(cfg: dict) -> list[str]:
     out = []
     provider = cfg["provider"]["type"]
@@ -340,6 +369,8 @@ def launcher_security_problems(cfg: dict) -> list[str]:
             (t.get("worker_setup_commands") or []) + (t.get("initialization_commands") or []))
     for key, cmds in commands.items():
         for cmd in cmds:
+            if unpinned_installs(cmd):
+                out.append(f"{key}: installs unpinned packages at boot: {cmd!r}")
             if SOURCING.search(cmd):
                 out.append(f"{key}: sources a file as shell code: {cmd!r}")
             if re.search(r"\.secrets|\.env\b", cmd):
@@ -360,6 +391,15 @@ def launcher_security_problems(cfg: dict) -> list[str]:
                 out.append(f"{key}: dashboard on {host[0]} (keep it on 127.0.0.1, tunnel to it)")
     for node, names in node_secrets(cfg).items():
         t = cfg["available_node_types"][node]
+        who = node_identity(provider, t.get("node_config") or {})
+        fetched = {SECRET_IDS[n] for n in names | {"RAY_AUTH_TOKEN"} if n in SECRET_IDS}
+        if who is None:
+            out.append(f"{node}: no cloud identity of its own (IamInstanceProfile / serviceAccounts)")
+        elif who not in identities():
+            out.append(f"{node}: identity {who} is not in {IDENTITIES.name}")
+        elif identities()[who] != fetched:
+            out.append(f"{node}: identity {who} reads {sorted(identities()[who])} but the node "
+                       f"fetches {sorted(fetched)}")
         gpus = t["resources"].get("GPU", 0)
         unknown = names - set(SECRET_IDS)
         if unknown:
@@ -514,6 +554,28 @@ def test_checks_catch_keys_on_the_wrong_pods_and_literal_values():
     problems = secret_problems(doc)
     assert any("not from a secretKeyRef" in p for p in problems)
     assert any("head: EMBEDFORGE_API_KEYS on a pod that does not use it" in p for p in problems)
+
+
+def test_checks_catch_boot_installs_and_a_shared_identity():
+    cfg = copy.deepcopy(launcher(LAUNCHERS[0]))
+    cfg["head_setup_commands"] = ['pip install "boto3>=1.34"']
+    cfg["setup_commands"] = ["pip install -c constraints.txt boto3"]   # pinned: allowed
+    problems = launcher_security_problems(cfg)
+    assert [p for p in problems if "unpinned" in p] == [
+        "head_setup_commands: installs unpinned packages at boot: 'pip install \"boto3>=1.34\"'"]
+    for path in LAUNCHERS:   # the training nodes given the serving nodes' identity
+        cfg = copy.deepcopy(launcher(path))
+        types = cfg["available_node_types"]
+        serve = next(t for t in types.values() if "EMBEDFORGE_API_KEYS" in str(t.get("docker")))
+        train = next(t for n, t in types.items() if t["resources"].get("GPU")
+                     and not (t.get("docker") or {}).get("worker_run_options"))
+        for key in ("IamInstanceProfile", "serviceAccounts"):
+            if key in serve["node_config"]:
+                train["node_config"][key] = serve["node_config"][key]
+        assert any("identity embedforge-gpu-serve reads" in p for p in launcher_security_problems(cfg))
+        del types[cfg["head_node_type"]]["node_config"][
+            "IamInstanceProfile" if "aws" in path.name else "serviceAccounts"]
+        assert any("no cloud identity" in p for p in launcher_security_problems(cfg))
 
 
 def test_checks_catch_a_sourced_secrets_file_and_a_public_dashboard():
