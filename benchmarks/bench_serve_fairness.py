@@ -165,14 +165,16 @@ def main() -> None:
                "--num-cpus-cluster", str(args.threads + 1), "--batch.max-batch-tokens", str(tokens),
                "--request-timeout-s", "600", "--allow-unauthenticated",
                "--rate-limit.requests-per-minute", "null"]
+        commit = commit_of(repo)   # what this run's server imports (platform/ of that checkout)
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         try:
             wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
-            print(f"{repo.name} @ {commit_of(repo)}, max_batch_tokens {tokens}", flush=True)
+            print(f"{repo.name} @ {commit}, max_batch_tokens {tokens}", flush=True)
             r = measure(port, big, args.tries, args.pause_s)
         finally:
             stop(proc)
         r["max_batch_tokens"] = tokens
+        r["commit"] = commit
         runs.append(r)
         print(f"  idle:   median {r['idle']['median_ms']} ms, p99 {r['idle']['p99_ms']} ms\n"
               f"  during: median {r['during']['median_ms']} ms, p99 {r['during']['p99_ms']} ms "
@@ -183,7 +185,7 @@ def main() -> None:
               "threads": args.threads, "replicas": 1, "cpus": os.cpu_count(), "runs": runs}
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.exists() else {}
-    old[f"{repo.name}@{result['commit']}"] = result
+    old[f"{repo.name}@{result['commit']}:{args.batch_tokens}"] = result
     out.write_text(json.dumps(old, indent=2) + "\n")
     print(f"wrote {out}")
 

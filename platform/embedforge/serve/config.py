@@ -16,7 +16,7 @@ class BatchSettings(ConfigSection):
     request waits behind others (one batch)."""
 
     max_batch_tokens: int = Field(
-        16384, ge=16, description="tokens (unpadded) gathered into one batch across requests; "
+        8192, ge=16, description="tokens (unpadded) gathered into one batch across requests; "
                                   "a request waits behind at most one such batch")
     max_forward_tokens: int = Field(
         8192, ge=16, description="padded tokens per forward pass (batch split by length)")
