@@ -6,8 +6,9 @@ measures the latency of a 1-text request
 - ``idle``: alone, ``--tries`` times one after another;
 - ``during``: ``--tries`` times while a background client keeps sending the large request,
   256 texts x 8 KB with ``truncate`` (MiniLM cuts each to 256 tokens: 65,536 tokens, within
-  every limit), one after another. A try counts only when the large request was in flight
-  for the whole of it (sent after the large one and answered before it).
+  every limit), one after another. The small requests go out every ``--interval-s`` (open
+  loop: not waiting for the previous answer); a try counts when a large request was in flight
+  when it was sent.
 
 Every figure is the median and p99 (nearest rank: with 20 tries, the slowest) in ms, with the
 large request's own time. ``--repo`` runs another checkout's jobs/serve.py and platform/ (the
@@ -70,7 +71,7 @@ def quantiles(seconds: list[float]) -> dict[str, float]:
             "min_ms": round(v[0] * 1000, 1), "max_ms": round(v[-1] * 1000, 1)}
 
 
-def measure(port: int, big: bytes, tries: int, pause_s: float) -> dict:
+def measure(port: int, big: bytes, tries: int, pause_s: float, interval_s: float) -> dict:
     small = json.dumps(SMALL).encode()
     for _ in range(3):   # warm-up: first forwards, connections
         post(port, small, 60)
@@ -100,32 +101,39 @@ def measure(port: int, big: bytes, tries: int, pause_s: float) -> dict:
         """Small requests sent while a large one (answered by now) was in flight."""
         with lock:
             spans = [(x, y) for x, y, _ in bigs]
-        return [(a, b) for a, b in during if any(x <= a <= y for x, y in spans)]
+            done = list(during)
+        return [(a, b) for a, b in done if any(x <= a <= y for x, y in spans)]
 
-    deadline = time.monotonic() + 1800
-    time.sleep(1.0)   # the first large body is through and being tokenised
-    while time.monotonic() < deadline and len(counted()) < tries:
+    def small_client() -> None:
         t0 = time.perf_counter()
-        code, s = post(port, small, 600)
+        code, s = post(port, small, 900)
         assert code == 200, code
-        during.append((t0, t0 + s))
-        time.sleep(pause_s)
-        while len(during) >= tries and len(counted()) < tries and not bigs_done_after(bigs, lock, t0):
-            time.sleep(0.1)   # enough sent: wait for the large request they overlap to end
+        with lock:
+            during.append((t0, t0 + s))
+
+    # open loop: a small request every interval_s, whether the last one was answered or not,
+    # so every phase of the large request (upload, tokenisation, forwards) is sampled in
+    # proportion to its length (a client waiting for each answer samples the long waits once)
+    senders: list[threading.Thread] = []
+    deadline = time.monotonic() + 1800
+    time.sleep(1.0)
+    while time.monotonic() < deadline and len(counted()) < tries:
+        if sum(t.is_alive() for t in senders) + len(counted()) < tries:
+            t = threading.Thread(target=small_client, daemon=True)
+            t.start()
+            senders.append(t)
+        time.sleep(interval_s)
     stop_big.set()
+    for t in senders:
+        t.join()
     thread.join()
-    chosen = counted()[:tries]
+    chosen = sorted(counted())[:tries]
     return {"idle": quantiles(idle),
             "during": quantiles([b - a for a, b in chosen]),
             "small_sent_during": len(during),
             "large": {"requests": len(bigs), "statuses": sorted({c for _, _, c in bigs}),
                       **{k.replace("_ms", "_s"): round(v / 1000, 2)
                          for k, v in quantiles([y - x for x, y, _ in bigs]).items() if k != "n"}}}
-
-
-def bigs_done_after(bigs: list[tuple[float, float, int]], lock: threading.Lock, at: float) -> bool:
-    with lock:
-        return any(y >= at for _, y, _ in bigs)
 
 
 def commit_of(repo: Path) -> str:
@@ -149,7 +157,9 @@ def main() -> None:
                     help="--batch.max-batch-tokens values to measure, comma-separated")
     ap.add_argument("--repo", default=str(ROOT), help="checkout whose jobs/serve.py and platform/ run")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pause-s", type=float, default=0.3)
+    ap.add_argument("--pause-s", type=float, default=0.3, help="between idle requests")
+    ap.add_argument("--interval-s", type=float, default=3.0,
+                    help="between small requests sent during the large ones (open loop)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results-serve-fairness.json"))
     args = ap.parse_args()
     repo = Path(args.repo).resolve()
@@ -170,7 +180,7 @@ def main() -> None:
         try:
             wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
             print(f"{repo.name} @ {commit}, max_batch_tokens {tokens}", flush=True)
-            r = measure(port, big, args.tries, args.pause_s)
+            r = measure(port, big, args.tries, args.pause_s, args.interval_s)
         finally:
             stop(proc)
         r["max_batch_tokens"] = tokens
