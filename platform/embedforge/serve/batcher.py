@@ -7,7 +7,7 @@ Why not Ray Serve's ``@serve.batch``: it serves calls first come, first served. 
 then waited for the whole large request (17.2 s, where it normally takes 0.04 s). Here a batch
 is at most ``max_batch_tokens`` tokens, taken round-robin over the requests (one chunk of each
 in turn, oldest first, then again), so a request that arrives while a batch runs is in the next
-one: it waits at most one batch, whatever is queued before it.
+one: it waits for the running batch and its own, whatever is queued before it.
 
 Why the forward runs in a thread: on the event loop it stops the replica from reading,
 parsing, tokenising and answering other requests for the whole batch. One worker thread runs
