@@ -6,7 +6,8 @@
     serve deploy cluster/serve/embedforge-serve.yaml
 
 Then: ``openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=...).embeddings.create(...)``
-or ``curl -H "Authorization: Bearer KEY" -d '{"inputs": "hello"}' http://127.0.0.1:8000/embed``.
+or ``curl -H "Authorization: Bearer KEY" -H "Content-Type: application/json" -d '{"inputs": "hello"}'
+http://127.0.0.1:8000/embed`` (curl's default form content type is a 415).
 API keys: comma-separated in EMBEDFORGE_API_KEYS (or --api-key-file). Without keys the endpoint
 refuses to start, unless --allow-unauthenticated is given (then it warns).
 """

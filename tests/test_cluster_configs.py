@@ -822,19 +822,54 @@ def dockerfile_workdir() -> str:
     return [a for i, a in dockerfile_instructions() if i == "WORKDIR"][-1]
 
 
-def dockerfile_problems() -> list[str]:
+COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cmake|gfortran|nvcc)\b")
+
+
+def dockerfile_stages(inst: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The instructions of each stage (a FROM starts one; global ARGs before it are dropped)."""
+    stages: list[list[tuple[str, str]]] = []
+    for i, a in inst:
+        if i == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((i, a))
+    return stages
+
+
+def dockerfile_problems(inst: list[tuple[str, str]] | None = None) -> list[str]:
+    """Multi-stage: every stage starts from the cluster's Ray image pinned by digest; the
+    project (.[gpu]) and torch (the constraints.txt version) are built as wheels with pins and
+    installed into the final stage from those wheels only; no compiler is installed there."""
     import ray
 
-    inst = dockerfile_instructions()
+    inst = dockerfile_instructions() if inst is None else inst
+    stages = dockerfile_stages(inst)
     out = []
-    base = [a for i, a in inst if i == "FROM"]
-    want = rf"rayproject/ray:{re.escape(ray.__version__)}-py311-cu\d+"
-    if not base or not re.fullmatch(want, base[0].split()[0]):
-        out.append(f"FROM {base} is not {want} (the cluster's Ray and Python)")
+    want = rf"rayproject/ray:{re.escape(ray.__version__)}-py311-cu\d+@sha256:[0-9a-f]{{64}}"
+    names = set()
+    for stage in stages:
+        base, *alias = stage[0][1].split()
+        if base not in names and not re.fullmatch(want, base):
+            out.append(f"FROM {base} is not {want} (the cluster's Ray and Python, by digest)")
+        if len(alias) == 2 and alias[0].upper() == "AS":
+            names.add(alias[1])
+    if len(stages) < 2:
+        out.append("single stage: build tools would stay in the final image")
     runs = "\n".join(a for i, a in inst if i == "RUN")
-    m = PIP_PROJECT.search(runs)
-    if not m or "gpu" not in (m.group(1) or ""):
-        out.append("no `pip install .[gpu]` of this project")
+    final_runs = "\n".join(a for i, a in (stages[-1] if stages else []) if i == "RUN")
+    if re.search(r"apt-get install[^\n]*", final_runs) and \
+            COMPILERS.search(" ".join(re.findall(r"apt-get install[^\n&;]*", final_runs))):
+        out.append("the final stage installs a compiler")
+    if not re.search(r"pip wheel\b[^\n]*\s[\"']?\.\[gpu\]", runs):
+        out.append("no `pip wheel .[gpu]` of this project in the build stage")
+    installs = re.findall(r"pip3? install\b[^\n]*", final_runs)
+    if not installs or not all("--no-index" in c and "--only-binary=:all:" in c and "[gpu]" in c
+                               for c in installs):
+        out.append("the final stage must install the project's wheels only "
+                   "(--no-index --only-binary=:all: ... embedforge[gpu])")
+    for cmd in re.findall(r"pip3? (?:install|wheel)\b[^\n]*", runs):
+        if " -c " not in cmd and "--index-url" not in cmd:
+            out.append(f"pip without constraints: {cmd[:80]}")
     torch_pin = re.search(r"torch==([\w.+]+)", runs)
     constraint = re.search(r"^torch==(\S+)", (ROOT / "constraints.txt").read_text(), re.M)
     if not (torch_pin and constraint and torch_pin.group(1) == constraint.group(1)):
@@ -847,6 +882,30 @@ def dockerfile_problems() -> list[str]:
 
 def test_dockerfile_builds_this_project_on_the_clusters_ray():
     assert dockerfile_problems() == []
+
+
+def test_dockerfile_check_catches_a_tag_a_single_stage_and_a_compiler():
+    inst = dockerfile_instructions()
+    by_tag = [(i, re.sub(r"@sha256:[0-9a-f]{64}", "", a)) if i == "FROM" else (i, a) for i, a in inst]
+    assert any("by digest" in p for p in dockerfile_problems(by_tag))
+    last = max(n for n, (i, _) in enumerate(inst) if i == "FROM")
+    single = [(i, a) for n, (i, a) in enumerate(inst) if i != "FROM" or n == last]
+    assert any("single stage" in p for p in dockerfile_problems(single))
+    gcc = [*inst, ("RUN", "apt-get update && apt-get install -y gcc")]
+    assert any("installs a compiler" in p for p in dockerfile_problems(gcc))
+
+
+def test_the_image_pins_the_cloud_sdks_it_bakes():
+    """Every package the cloud constraints add is pinned once, and nothing else of
+    constraints.txt is overridden but python-dateutil (botocore needs <3)."""
+    def pins(path):
+        return {ln.split("==")[0].lower().replace("_", "-"): ln.split("==")[1].strip()
+                for ln in path.read_text().splitlines() if "==" in ln and not ln.startswith("#")}
+
+    base, cloud = pins(ROOT / "constraints.txt"), pins(CLUSTER / "docker" / "constraints-cloud.txt")
+    assert {"boto3", "google-cloud-secret-manager", "google-api-python-client"} <= set(cloud)
+    assert set(cloud) & set(base) == {"python-dateutil"}
+    assert "grep -v '^python-dateutil==' constraints.txt" in DOCKERFILE.read_text()
 
 
 def test_every_manifest_uses_the_one_image_the_dockerfile_builds():

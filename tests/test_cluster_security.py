@@ -6,8 +6,12 @@
 * Ray's ports stay on the cluster network: ClusterIP head services, no host network or host
   ports, the launcher dashboard on 127.0.0.1, and NetworkPolicies that admit only the cluster's
   own pods and named peers (the operator, Prometheus, the ingress for port 8000).
-* Hardened pods: non-root, no privilege escalation, all capabilities dropped, seccomp, a
-  dedicated ServiceAccount without a mounted token (only the autoscaler sidecar gets one).
+* Egress: every pod is selected by an Egress policy; it reaches DNS, the cluster's own pods
+  and named CIDRs on named ports only; the LLM provider only from the pods holding the LLM key,
+  the Kubernetes API only from the autoscaling heads.
+* Hardened pods: non-root, no privilege escalation, all capabilities dropped, a read-only root
+  filesystem with emptyDirs for /tmp and Ray's temp dir, seccomp, a dedicated ServiceAccount
+  without a mounted token (only the autoscaler sidecar gets one).
 * API keys only on the pods that use them, only from Secrets.
 
 Each check returns problems, so the tests at the bottom show it catches a broken copy.
@@ -19,9 +23,11 @@ import copy
 import re
 import shlex
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from embedforge.cloud_secrets import SECRET_IDS, SELECT_VAR
 from embedforge.serve.config import ServeConfig
@@ -50,6 +56,7 @@ SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 # (the operator reaches the dashboard through 8265, which it must)
 CONTROL_PORTS = {6379, 10001}
 SERVE_PORT = 8000
+RAY_TEMP_DIR = "/tmp/ray"   # Ray's default temp dir: session files, logs, spilled objects
 NAMESPACE_KEY = "kubernetes.io/metadata.name"
 
 
@@ -114,40 +121,96 @@ def _peer_problem(peer: dict, ports: set[int]) -> str | None:
     return None
 
 
+EGRESS_LABEL = "embedforge.io/egress"   # names the destination of a policy with ipBlocks
+DNS_NAMESPACE = "kube-system"
+
+
+def selecting(policies: list[dict], labels: dict, kind: str) -> list[dict]:
+    """The policies of ``kind`` (Ingress/Egress) whose pod selector matches ``labels``."""
+    return [p for p in policies if kind in p["spec"].get("policyTypes", [])
+            and (p["spec"]["podSelector"].get("matchLabels") or {})
+            and (p["spec"]["podSelector"].get("matchLabels") or {}).items() <= labels.items()]
+
+
+def _egress_peer_problem(pol: dict, peer: dict, ports: set) -> str | None:
+    """Egress goes to our own pods, one named namespace on named ports, or a named CIDR (a
+    policy labelled with its destination) on named ports: never everywhere."""
+    if "ipBlock" in peer:
+        cidr = peer["ipBlock"]["cidr"]
+        if int(cidr.split("/")[1]) < 8 or cidr in ("0.0.0.0/0", "::/0"):
+            return f"egress to {cidr}"
+        if not ports:
+            return f"egress to {cidr} on every port"
+        if not (pol["metadata"].get("labels") or {}).get(EGRESS_LABEL):
+            return f"egress to {cidr} in a policy without an {EGRESS_LABEL} label naming it"
+        return None
+    return _peer_problem(peer, ports)
+
+
 def network_policy_problems(policies: list[dict], docs: list[dict]) -> list[str]:
-    """Every pod is selected by a policy, every rule names its peers, and outside peers get
-    only the ports they need; the endpoint's port comes from a named ingress."""
+    """Every pod is selected by an ingress and an egress policy, every rule names its peers,
+    outside peers get only the ports they need; the endpoint's port comes from a named
+    ingress; DNS, the LLM provider and the Kubernetes API are reached only by whom needs them."""
     out = []
     for pol in policies:
-        spec = pol["spec"]
-        if "Ingress" not in spec.get("policyTypes", []):
-            out.append(f"{pol['metadata']['name']}: no Ingress policyType")
-        for rule in spec.get("ingress") or [{}]:
+        spec, name = pol["spec"], pol["metadata"]["name"]
+        types = spec.get("policyTypes", [])
+        if not set(types) & {"Ingress", "Egress"}:
+            out.append(f"{name}: no policyTypes")
+        for rule in spec.get("ingress") or ([{}] if "Ingress" in types else []):
             peers = rule.get("from") or []
             if not peers:
-                out.append(f"{pol['metadata']['name']}: a rule without `from` admits everyone")
+                out.append(f"{name}: a rule without `from` admits everyone")
             ports = {p.get("port") for p in rule.get("ports") or []}
-            out += [f"{pol['metadata']['name']}: {why}" for p in peers
-                    if (why := _peer_problem(p, ports))]
+            out += [f"{name}: {why}" for p in peers if (why := _peer_problem(p, ports))]
+        for rule in spec.get("egress") or ([{}] if "Egress" in types else []):
+            peers = rule.get("to") or []
+            if not peers:
+                out.append(f"{name}: an egress rule without `to` reaches everywhere")
+            ports = {p.get("port") for p in rule.get("ports") or []}
+            out += [f"{name}: {why}" for p in peers if (why := _egress_peer_problem(pol, p, ports))]
 
-    def selected(labels: dict) -> list[dict]:
-        return [p for p in policies
-                if (p["spec"]["podSelector"].get("matchLabels") or {}).items() <= labels.items()
-                and p["spec"]["podSelector"].get("matchLabels")]
+    def reaches(labels: dict, destination: str) -> bool:
+        return any((p["metadata"].get("labels") or {}).get(EGRESS_LABEL) == destination
+                   for p in selecting(policies, labels, "Egress"))
 
+    def has_dns(labels: dict) -> bool:
+        for p in selecting(policies, labels, "Egress"):
+            for rule in p["spec"].get("egress") or []:
+                ns = [(t.get("namespaceSelector") or {}).get("matchLabels", {}).get(NAMESPACE_KEY)
+                      for t in rule.get("to") or []]
+                if DNS_NAMESPACE in ns and {"protocol": "UDP", "port": 53} in rule.get("ports", []):
+                    return True
+        return False
+
+    llm = SynthConfig.model_fields["llm"].default_factory().api_key_env
     for doc in docs:
+        spec = cluster_spec(doc)
         for name, tpl in pod_templates(doc):
             labels = (tpl.get("metadata") or {}).get("labels") or {}
-            if not PART_OF.items() <= labels.items() or not selected(labels):
-                out.append(f"{doc['kind']} {name}: pod not selected by a NetworkPolicy "
-                           f"(labels {labels})")
+            where = f"{doc['kind']} {name}"
+            if not PART_OF.items() <= labels.items() or not selecting(policies, labels, "Ingress"):
+                out.append(f"{where}: pod not selected by a NetworkPolicy (labels {labels})")
+            if not selecting(policies, labels, "Egress"):
+                out.append(f"{where}: egress unrestricted (no Egress NetworkPolicy selects it)")
+            elif not has_dns(labels):
+                out.append(f"{where}: no DNS egress (UDP 53 to {DNS_NAMESPACE})")
+            holds_key = any(llm in env_of(c) for c in (tpl.get("spec") or {}).get("containers") or [])
+            if reaches(labels, "llm-provider") != holds_key:
+                out.append(f"{where}: LLM provider egress {reaches(labels, 'llm-provider')} but "
+                           f"holds the LLM key {holds_key}")
+            autoscaler = name == "head" and bool(spec.get("enableInTreeAutoscaling"))
+            if reaches(labels, "kube-api") != autoscaler:
+                out.append(f"{where}: Kubernetes API egress {reaches(labels, 'kube-api')} but "
+                           f"runs the autoscaler {autoscaler}")
     for doc in docs:
         if doc["kind"] != "RayService":
             continue
         cfg = ServeConfig.model_validate(serve_app(doc)["args"])
         for name, group in replica_groups(cluster_spec(doc), cfg):
             labels = group["template"].get("metadata", {}).get("labels") or {}
-            admitted = [r for p in selected(labels) for r in p["spec"].get("ingress") or []
+            admitted = [r for p in selecting(policies, labels, "Ingress")
+                        for r in p["spec"].get("ingress") or []
                         if SERVE_PORT in {q.get("port") for q in r.get("ports") or []}
                         and any("namespaceSelector" in f for f in r.get("from") or [])]
             if not admitted:
@@ -180,8 +243,13 @@ def hardening_problems(doc: dict) -> list[str]:
         group_containers = pod.get("containers") or []
         if not group_containers:
             out.append(f"{name}: no containers")
+        scratch = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
         for c in group_containers + (pod.get("initContainers") or []):
             out += [f"{name}/{c.get('name')}: {p}" for p in _container_problems(c)]
+            writable = {m["mountPath"] for m in c.get("volumeMounts") or [] if m["name"] in scratch}
+            needed = {"/tmp"} | ({RAY_TEMP_DIR} if name != "submitter" else set())
+            out += [f"{name}/{c.get('name')}: no emptyDir at {path} (the root filesystem is "
+                    "read-only)" for path in sorted(needed - writable)]
             out += [f"{name}/{c.get('name')}: mounts a service account token"
                     for m in c.get("volumeMounts") or [] if m["mountPath"] == SA_TOKEN_PATH]
     auto = spec.get("autoscalerOptions") or {}
@@ -195,6 +263,8 @@ def _container_problems(c: dict) -> list[str]:
     out = []
     if sc.get("allowPrivilegeEscalation") is not False:
         out.append("allowPrivilegeEscalation must be false")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        out.append("readOnlyRootFilesystem must be true")
     if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
         out.append("capabilities must drop ALL")
     if sc.get("privileged") or (sc.get("capabilities") or {}).get("add"):
@@ -261,6 +331,33 @@ def node_secrets(cfg: dict) -> dict[str, set[str]]:
     return out
 
 
+IDENTITIES = Path(__file__).resolve().parents[1] / "cluster" / "identities.yaml"
+BOOT_INSTALL = re.compile(r"\b(pip3?|conda|mamba|uv pip)\s+install\b|\bapt(-get)?\s+install\b")
+
+
+@cache
+def identities() -> dict[str, set[str]]:
+    """Identity name -> the secret ids it may read (cluster/identities.yaml)."""
+    return {k: set(v) for k, v in yaml.safe_load(IDENTITIES.read_text()).items()}
+
+
+def node_identity(provider: str, node_config: dict) -> str | None:
+    """The IAM instance profile (AWS) or service account (GCP) a node type runs as."""
+    if provider == "aws":
+        profile = node_config.get("IamInstanceProfile") or {}
+        ref = profile.get("Arn") or profile.get("Name") or ""
+        return ref.rsplit("/", 1)[-1] or None
+    accounts = node_config.get("serviceAccounts") or []
+    return accounts[0]["email"].split("@")[0] if accounts else None
+
+
+def unpinned_installs(cmd: str) -> bool:
+    """A package install at boot that is not pinned by constraints.txt (or a requirements file
+    with hashes): what it installs changes with the day the node boots."""
+    return bool(BOOT_INSTALL.search(cmd)) and not re.search(
+        r"(-c|--constraint)\s+\S*constraints\S*\.txt|--require-hashes", cmd)
+
+
 def launcher_security_problems(cfg: dict) -> list[str]:
     out = []
     provider = cfg["provider"]["type"]
@@ -272,6 +369,8 @@ def launcher_security_problems(cfg: dict) -> list[str]:
             (t.get("worker_setup_commands") or []) + (t.get("initialization_commands") or []))
     for key, cmds in commands.items():
         for cmd in cmds:
+            if unpinned_installs(cmd):
+                out.append(f"{key}: installs unpinned packages at boot: {cmd!r}")
             if SOURCING.search(cmd):
                 out.append(f"{key}: sources a file as shell code: {cmd!r}")
             if re.search(r"\.secrets|\.env\b", cmd):
@@ -292,6 +391,15 @@ def launcher_security_problems(cfg: dict) -> list[str]:
                 out.append(f"{key}: dashboard on {host[0]} (keep it on 127.0.0.1, tunnel to it)")
     for node, names in node_secrets(cfg).items():
         t = cfg["available_node_types"][node]
+        who = node_identity(provider, t.get("node_config") or {})
+        fetched = {SECRET_IDS[n] for n in names | {"RAY_AUTH_TOKEN"} if n in SECRET_IDS}
+        if who is None:
+            out.append(f"{node}: no cloud identity of its own (IamInstanceProfile / serviceAccounts)")
+        elif who not in identities():
+            out.append(f"{node}: identity {who} is not in {IDENTITIES.name}")
+        elif identities()[who] != fetched:
+            out.append(f"{node}: identity {who} reads {sorted(identities()[who])} but the node "
+                       f"fetches {sorted(fetched)}")
         gpus = t["resources"].get("GPU", 0)
         unknown = names - set(SECRET_IDS)
         if unknown:
@@ -399,6 +507,40 @@ def test_checks_catch_open_policies_and_unselected_pods():
                network_policy_problems(no_ingress, [real("RayService")]))
 
 
+def test_checks_catch_open_egress_and_a_writable_root():
+    policies = copy.deepcopy(objects_of("NetworkPolicy"))
+    docs = [d for _, d in ray_objects()]
+    wide = copy.deepcopy(policies)
+    wide[0]["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
+    wide[0]["spec"]["egress"].append({"ports": [{"port": 443}]})
+    wide[0]["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
+                                      "ports": [{"port": 443}]})
+    problems = network_policy_problems(wide, docs)
+    assert any("egress to 0.0.0.0/0" in p for p in problems)
+    assert any("without `to` reaches everywhere" in p for p in problems)
+    assert any("without an embedforge.io/egress label" in p for p in problems)
+    ingress_only = [p for p in policies if "Ingress" in p["spec"]["policyTypes"]]
+    for p in ingress_only:
+        p["spec"]["policyTypes"] = ["Ingress"]
+    assert any("egress unrestricted" in p for p in network_policy_problems(ingress_only, docs))
+    # the LLM egress on a pod without the key (training), and missing where the key is
+    doc = real("RayJob")
+    first_worker(doc)["metadata"]["labels"]["embedforge.io/llm-client"] = "true"
+    problems = network_policy_problems(policies, [doc])
+    assert any("LLM provider egress True but holds the LLM key False" in p for p in problems)
+    doc = real("RayCluster")
+    del cluster_spec(doc)["headGroupSpec"]["template"]["metadata"]["labels"]["embedforge.io/llm-client"]
+    assert any("LLM provider egress False but holds the LLM key True" in p
+               for p in network_policy_problems(policies, [doc]))
+    doc = real("RayService")
+    container = first_worker(doc)["spec"]["containers"][0]
+    container["securityContext"] = {**container["securityContext"], "readOnlyRootFilesystem": False}
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["mountPath"] != "/tmp/ray"]
+    problems = hardening_problems(doc)
+    assert any("readOnlyRootFilesystem must be true" in p for p in problems)
+    assert any("no emptyDir at /tmp/ray" in p for p in problems)
+
+
 def test_checks_catch_keys_on_the_wrong_pods_and_literal_values():
     doc = real("RayJob")   # mine or train: no keys at all
     if "synthesize" in doc["spec"]["entrypoint"]:
@@ -412,6 +554,28 @@ def test_checks_catch_keys_on_the_wrong_pods_and_literal_values():
     problems = secret_problems(doc)
     assert any("not from a secretKeyRef" in p for p in problems)
     assert any("head: EMBEDFORGE_API_KEYS on a pod that does not use it" in p for p in problems)
+
+
+def test_checks_catch_boot_installs_and_a_shared_identity():
+    cfg = copy.deepcopy(launcher(LAUNCHERS[0]))
+    cfg["head_setup_commands"] = ['pip install "boto3>=1.34"']
+    cfg["setup_commands"] = ["pip install -c constraints.txt boto3"]   # pinned: allowed
+    problems = launcher_security_problems(cfg)
+    assert [p for p in problems if "unpinned" in p] == [
+        "head_setup_commands: installs unpinned packages at boot: 'pip install \"boto3>=1.34\"'"]
+    for path in LAUNCHERS:   # the training nodes given the serving nodes' identity
+        cfg = copy.deepcopy(launcher(path))
+        types = cfg["available_node_types"]
+        serve = next(t for t in types.values() if "EMBEDFORGE_API_KEYS" in str(t.get("docker")))
+        train = next(t for n, t in types.items() if t["resources"].get("GPU")
+                     and not (t.get("docker") or {}).get("worker_run_options"))
+        for key in ("IamInstanceProfile", "serviceAccounts"):
+            if key in serve["node_config"]:
+                train["node_config"][key] = serve["node_config"][key]
+        assert any("identity embedforge-gpu-serve reads" in p for p in launcher_security_problems(cfg))
+        del types[cfg["head_node_type"]]["node_config"][
+            "IamInstanceProfile" if "aws" in path.name else "serviceAccounts"]
+        assert any("no cloud identity" in p for p in launcher_security_problems(cfg))
 
 
 def test_checks_catch_a_sourced_secrets_file_and_a_public_dashboard():

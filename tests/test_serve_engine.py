@@ -3,9 +3,8 @@ import pytest
 
 from embedforge.config import ConfigError
 from embedforge.model.encoder import Encoder, EncoderSettings
-from embedforge.serve.app import chunk_items
 from embedforge.serve.config import BatchSettings, ServeConfig
-from embedforge.serve.engine import EmbeddingEngine, Item, plan_forwards
+from embedforge.serve.engine import EmbeddingEngine, plan_forwards
 from embedforge.serve.http import check_key, key_id, load_api_keys, match_key, required_keys
 from embedforge.serve.protocol import InputError
 from embedforge.serve.run import failure_reason, preflight
@@ -23,11 +22,6 @@ def test_plan_forwards_sorts_by_length_within_a_padded_budget():
     passes = plan_forwards([5, 30, 10, 30, 8], max_tokens=64)
     assert passes == [[1, 3], [2, 4, 0]]  # 2 x 30 = 60; 3 x 10 = 30
     assert plan_forwards([100, 3], 64) == [[0], [1]]  # over-budget text alone
-
-
-def test_chunk_items_keeps_order_and_budget():
-    items = [Item([0] * n, 0) for n in (4, 4, 9, 1, 1)]
-    assert [[it.tokens for it in c] for c in chunk_items(items, 8)] == [[4, 4], [9], [1, 1]]
 
 
 def test_forward_equals_the_encoder_whatever_the_batching(engine):

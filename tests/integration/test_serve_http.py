@@ -92,14 +92,16 @@ def test_unauthenticated_only_when_allowed_and_still_rate_limited(engine, monkey
 
     monkeypatch.delenv("EF_NO_KEYS", raising=False)
     cfg = ServeConfig(encoder={"model": "m"}, api_key_env="EF_NO_KEYS",
-                      rate_limit={"requests_per_minute": 60, "burst": 2})
+                      # 6 a minute: the bucket must not refill while a busy machine answers
+                      # the first two (at 60 a minute it did, and the third got 200)
+                      rate_limit={"requests_per_minute": 6, "burst": 2})
     with pytest.raises(ConfigError, match="no API keys"):
         build_api(engine, embed, cfg)
     url, stop = start(build_api(engine, embed, cfg.model_copy(update={"allow_unauthenticated": True})))
     try:
         got = [post(url + "/embed", {"inputs": "hi"}) for _ in range(3)]
         assert [g[0] for g in got] == [200, 200, 429]
-        assert got[2][1]["Retry-After"] == "1" and got[2][2]["error_type"] == "Overloaded"
+        assert 1 <= int(got[2][1]["Retry-After"]) <= 10 and got[2][2]["error_type"] == "Overloaded"
         assert np.isclose(np.linalg.norm(got[0][2][0]), 1.0)
     finally:
         stop()

@@ -11,15 +11,16 @@ from ..model.encoder import EncoderSettings
 
 
 class BatchSettings(ConfigSection):
-    """Dynamic batching across requests (Ray Serve ``@serve.batch`` with a token budget)."""
+    """Dynamic batching across requests (``serve.batcher.FairBatcher``): a batch takes the
+    waiting requests' chunks in turn up to ``max_batch_tokens``, which also bounds how long a
+    request waits behind others (one batch)."""
 
     max_batch_tokens: int = Field(
-        16384, ge=16, description="tokens (unpadded) gathered into one batch across requests")
+        8192, ge=16, description="tokens (unpadded) gathered into one batch across requests; "
+                                  "a request waits behind at most one such batch")
     max_forward_tokens: int = Field(
         8192, ge=16, description="padded tokens per forward pass (batch split by length)")
     wait_ms: float = Field(10.0, ge=0, description="how long the first text waits for company")
-    forward_in_thread: bool | None = Field(
-        None, description="run forward passes in a worker thread (none: on GPU yes, on CPU no)")
 
 
 class RateLimitSettings(ConfigSection):

@@ -2,14 +2,15 @@
 ``/docs``, ``/openapi.json``, ``/health``; API keys, limits, error shapes and metrics.
 
 Every route but ``/health`` (the liveness probe) needs a key. A request then passes, in order:
-the key (401), the key's rate limit (429 + ``Retry-After``), the body limit (413), the
-per-request token budget (413), and the request timeout (504).
+the key (401), the key's rate limit (429 + ``Retry-After``), the content type (415), the body
+limit (413), the per-request token budget (413), and the request timeout (504). Anything the
+client sent wrong is a 4xx; 500 is kept for the endpoint's own faults (and logged).
 
-The forward pass runs on the event loop on CPU on purpose (see ``app``); what else a big
-request costs, parsing a large body, tokenising thousands of texts and serialising the
-vectors, runs in a small thread pool, so a 2,048 x 8,192-token request does not stall the
-small requests arriving meanwhile. Small requests skip the pool: a thread hop would cost
-them more than their work.
+The forward pass runs in the batcher's worker thread (``batcher``); what else a big request
+costs, parsing a large body, tokenising thousands of texts and serialising the vectors, runs
+in a small thread pool, so a 2,048 x 8,192-token request does not stall the small requests
+arriving meanwhile. Small requests skip the pool: a thread hop would cost them more than their
+work.
 
 ``build_api`` takes the engine (tokenise, prompts) and an async ``embed(items)`` (the Serve
 replica's dynamic batcher, or a thread for a plain server), so the same routes run inside Ray
@@ -34,6 +35,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from .. import metrics
 from ..config import ConfigError
@@ -106,6 +108,24 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
+def check_content_type(header: str | None) -> None:
+    """415 unless the body is declared JSON in UTF-8 (JSON's only encoding, RFC 8259). No
+    header at all passes: simple clients send none, and the body is still parsed as JSON."""
+    if not header:
+        return
+    media, *params = (part.strip() for part in header.split(";"))
+    media = media.lower()
+    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+        raise InputError(415, f"Content-Type {media!r} is not supported: send {JSON}",
+                         code="unsupported_media_type")
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+                "utf-8", "utf8"):
+            raise InputError(415, f"charset {value.strip()!r} is not supported: JSON bodies are "
+                                  "UTF-8", code="unsupported_media_type")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing (413) anything over ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
@@ -118,6 +138,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise InputError(413, f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def body_schema(model: type) -> dict[str, Any]:
+    """The route's JSON body in ``/openapi.json`` (the routes read the body themselves, so
+    FastAPI cannot see it): what ``/docs`` shows and what the fuzz test generates requests
+    from."""
+    return {"requestBody": {"required": True, "content": {JSON: {
+        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
 
 def default_model_name(path: str) -> str:
@@ -192,6 +220,9 @@ def build_api(engine: EmbeddingEngine, embed: Embed, cfg: ServeConfig,
                                           f"minute for this key exceeded; retry in "
                                           f"{retry_after:.1f} s", code="rate_limit_exceeded")
 
+            if request.method == "POST":
+                check_content_type(request.headers.get("content-type"))
+
             async def work() -> tuple[bytes, int, int]:
                 return await run(await read_body(request, cfg.max_body_bytes))
 
@@ -200,6 +231,10 @@ def build_api(engine: EmbeddingEngine, embed: Embed, cfg: ServeConfig,
             code = 200
         except InputError as exc:
             code, content = exc.status, error(exc)
+            media_type = JSON
+        except ClientDisconnect:   # gone before its body arrived: nothing to answer, no fault
+            code, content = 400, error(InputError(400, "client disconnected before sending "
+                                                       "the whole body"))
             media_type = JSON
         except TimeoutError:
             code, content = 504, error(InputError(
@@ -255,11 +290,11 @@ def build_api(engine: EmbeddingEngine, embed: Embed, cfg: ServeConfig,
         content = await offload(vectors.size > OFFLOAD_FLOATS, tei_bytes, vectors, req)
         return content, len(items), sum(it.tokens for it in items)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=body_schema(OpenAIEmbeddingRequest))
     async def embeddings(request: Request) -> Response:
         return await handle("openai", request, run_openai, openai_error)
 
-    @app.post("/embed")
+    @app.post("/embed", openapi_extra=body_schema(TEIEmbedRequest))
     async def embed_tei(request: Request) -> Response:
         return await handle("tei", request, run_tei, tei_error)
 

@@ -2,7 +2,9 @@
 
 Validation errors become :class:`InputError` with a message that names the field
 (``input[3]: ...``) and an HTTP status, so a bad request is a 4xx the client can act on,
-never a 500. Responses are built as plain dicts and serialised once with ``json.dumps``
+never a 500: that includes what ``json.loads`` accepts but nothing downstream can handle
+(nesting deeper than the parser's recursion limit, integers of more than 4,300 digits, lone
+UTF-16 surrogates such as ``"\\ud800"`` that no tokenizer can encode). Responses are built as plain dicts and serialised once with ``json.dumps``
 (FastAPI's encoder walks every float of every vector in Python).
 """
 
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 
 class InputError(Exception):
@@ -23,6 +25,16 @@ class InputError(Exception):
                  code: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def check_unicode(text: str) -> None:
+    """ValueError when ``text`` holds a lone surrogate: JSON's ``\\ud800`` escape decodes to a
+    Python str that is not valid Unicode, and the tokenizer (and any UTF-8 writer) fails on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds a lone surrogate (U+{ord(text[exc.start]):04X} at character "
+                         f"{exc.start}): not valid Unicode") from None
 
 
 def _non_empty_texts(v: Any) -> list[str]:
@@ -38,7 +50,19 @@ def _non_empty_texts(v: Any) -> list[str]:
             raise ValueError(f"item {i} is {kind}: only strings are accepted")
         if not t.strip():
             raise ValueError(f"item {i} is an empty string")
+        try:
+            check_unicode(t)
+        except ValueError as exc:
+            raise ValueError(f"item {i} {exc}") from None
     return v
+
+
+# what clients may send (the validator turns a string into a one-item list): the schema of
+# /openapi.json, which /docs shows and the fuzz test generates requests from
+_TEXT = {"type": "string", "minLength": 1}
+Texts = Annotated[list[str], WithJsonSchema({
+    "anyOf": [_TEXT, {"type": "array", "items": _TEXT, "minItems": 1}],
+    "description": "a string or a list of strings"})]
 
 
 class _Request(BaseModel):
@@ -48,11 +72,18 @@ class _Request(BaseModel):
     prompt_name: str | None = Field(None, description="a prompt of the model config (query, …)")
     truncate: bool = Field(False, description="cut inputs longer than the model's limit")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            check_unicode(v)
+        return v
+
 
 class OpenAIEmbeddingRequest(_Request):
     """``POST /v1/embeddings`` (OpenAI schema; ``prompt_name``/``truncate`` as extra fields)."""
 
-    input: list[str] = Field(description="a string or a list of strings")
+    input: Texts
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
@@ -66,7 +97,7 @@ class OpenAIEmbeddingRequest(_Request):
 class TEIEmbedRequest(_Request):
     """``POST /embed`` (text-embeddings-inference schema)."""
 
-    inputs: list[str] = Field(description="a string or a list of strings")
+    inputs: Texts
     normalize: bool = True
     truncation_direction: Literal["Right", "Left"] = "Right"
 
@@ -88,7 +119,9 @@ def parse_request(model: type[_Request], body: bytes, max_inputs: int) -> Any:
     """Bytes -> validated request, or InputError 400 (not JSON) / 422 (bad field) / 413."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise InputError(400, "request body is nested too deeply to parse") from None
+    except ValueError as exc:   # JSONDecodeError, UnicodeDecodeError, integers over 4,300 digits
         raise InputError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(422, "request body must be a JSON object")
