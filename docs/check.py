@@ -338,14 +338,16 @@ def results_values(name: str) -> tuple[Decimal, ...] | None:
 
 def figure_in(shown: str, values: tuple[Decimal, ...]) -> bool:
     """Whether the figure ``shown`` (``0.7842``, ``+3.82``, ``−0.23``) is one of ``values``
-    rounded to its digits, as is or in points (×100). Rounded as a person (half up), as
-    ``Decimal`` (half even) or as Python's ``round`` of the float (``round(0.72395, 4)`` is
-    0.7239) would round it: the check is for a figure that moved, not for how it was rounded."""
+    rounded to its digits, as is, in points (×100) or in seconds from milliseconds (×0.001).
+    Rounded as a person (half up), as ``Decimal`` (half even) or as Python's ``round`` of the
+    float (``round(0.72395, 4)`` is 0.7239) would round it: the check is for a figure that
+    moved, not for how it was rounded."""
     x = Decimal(shown.replace("−", "-").lstrip("+"))
     step = Decimal(1).scaleb(x.as_tuple().exponent)
     digits = -x.as_tuple().exponent
-    return any((v * k).quantize(step, rounding=r) == x or round(float(v) * k, digits) == float(x)
-               for v in values for k in (1, 100) for r in (ROUND_HALF_UP, ROUND_HALF_EVEN))
+    return any((v * k).quantize(step, rounding=r) == x or round(float(v * k), digits) == float(x)
+               for v in values for k in (1, 100, Decimal("0.001"))
+               for r in (ROUND_HALF_UP, ROUND_HALF_EVEN))
 
 
 def _check_figures(prose: str, page: Path, report: Report, cited_text: str) -> None:
@@ -367,11 +369,16 @@ def _check_figures(prose: str, page: Path, report: Report, cited_text: str) -> N
 
 
 def check_results_files(report: Report) -> None:
-    """Every ``benchmarks/results-*.json`` exists where cited and names its commit."""
+    """Every ``benchmarks/results-*.json`` names the commit it was measured on: at its top, or
+    in each of its top-level entries when it holds runs of several commits (a before/after)."""
+    def named(d: object) -> bool:
+        return isinstance(d, dict) and isinstance(d.get("commit"), str) \
+            and bool(_COMMIT.match(d["commit"]))
+
     for path in sorted((ROOT / "benchmarks").glob("results-*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        commit = data.get("commit") if isinstance(data, dict) else None
-        if not (isinstance(commit, str) and _COMMIT.match(commit)):
+        if not (named(data) or (isinstance(data, dict) and data
+                                and all(named(v) for v in data.values()))):
             report.bad(path, 1, "names no commit it was measured on (a \"commit\" key, hex)")
 
 

@@ -187,3 +187,16 @@ def test_a_cited_results_file_must_exist(tmp_path, monkeypatch):
     readme = README_FIGURES.format(s1="0.7842", gain="3.82").replace("results-x.json", "results-y.json")
     found = _bench_root(tmp_path, monkeypatch, RESULTS, readme)
     assert any("benchmarks/results-y.json does not exist" in p for p in found), found
+
+
+def test_a_before_after_results_file_names_each_runs_commit(tmp_path, monkeypatch):
+    """A file holding runs of two commits (a before/after) names the commit of each; a table
+    may show its milliseconds in seconds."""
+    readme = "# B\n\n## Serve\n\n(`benchmarks/results-x.json`)\n\n| run | p99 |\n|---|---|\n| before | 1.66 s |\n"
+    runs = {"main@483625e": {"commit": "483625e", "p99_ms": 1660.0},
+            "branch@fbea6d8": {"commit": "fbea6d8", "p99_ms": 2120.0}}
+    assert _bench_root(tmp_path / "a", monkeypatch, runs, readme) == []
+    runs["branch@fbea6d8"].pop("commit")
+    found = _bench_root(tmp_path / "b", monkeypatch, runs, readme)
+    assert found == ["benchmarks/results-x.json:1: names no commit it was measured on "
+                     "(a \"commit\" key, hex)"], found
