@@ -45,6 +45,7 @@ from typing import Any
 from pydantic import Field
 
 from .config import ConfigError, ConfigSection
+from .safety import path_field
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value (characters)
 MAX_KEY = 250
@@ -56,10 +57,10 @@ class TrackingSettings(ConfigSection):
     """Experiment tracking (MLflow) of a job or of the pipeline."""
 
     enabled: bool = Field(True, description="record runs in MLflow (--tracking.enabled false: off)")
-    uri: str | None = Field(
+    uri: str | None = path_field("store",
         None, description="MLflow tracking URI: a server (http://HOST:5000) or a store URI "
                           "(default: OUTPUT/mlruns, a local file store under the run folder)")
-    experiment: str = Field("embedforge", description="MLflow experiment name")
+    experiment: str = path_field("none", "embedforge", description="MLflow experiment name")
     log_model: bool = Field(True, description="pipeline: log the final exported model as an "
                                               "artifact (a copy of the model folder)")
 
