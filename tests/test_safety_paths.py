@@ -177,3 +177,22 @@ def test_prepare_sources_are_named_by_their_flag(tmp_path):
     msg = refused(PrepareConfig, ["--source", f"arts=title_body:{tmp_path}/a.jsonl",
                                   "--output", f"local://{tmp_path}/"])
     assert f"contains --source arts {tmp_path}/a.jsonl" in msg
+
+
+def test_pipeline_inputs_lie_outside_its_run_folder_or_in_a_stage_folder(tmp_path):
+    from embedforge.pipeline.run import check_inputs_outside_root
+    from embedforge.pipeline.stages import Folders
+    from embedforge.train.config import TrainConfig
+
+    f = Folders(str(tmp_path / "run"))
+
+    def train(inputs: list[str]) -> TrainConfig:
+        return TrainConfig.model_validate({"output": f.train, "model": {"model": "org/base"},
+                                           "run": "1", "stage1": {"inputs": inputs}})
+
+    check_inputs_outside_root(train([f.mined, str(tmp_path / "elsewhere")]), f)  # the wiring
+    for bad, how in ((str(tmp_path / "run" / "raw"), "contains"),
+                     (f"file://{tmp_path}/run/", "is"), (str(tmp_path), "is inside")):
+        with pytest.raises(ConfigError, match=f"--output {f.root} {how} the input "
+                                              "--stage1.inputs"):
+            check_inputs_outside_root((train([bad]), None), f)

@@ -73,14 +73,17 @@ def field_role(field: Any) -> str | None:
 
 @dataclass(frozen=True)
 class PathFlag:
-    """One path value of a config: the flag a user typed it under, its role and the value."""
+    """One path value of a config: the flag a user typed it under, its role, the value, and
+    where it sits in ``cfg.model_dump()`` (keys and list indexes)."""
 
     flag: str
     role: str
     value: str
+    loc: tuple[str | int, ...] = ()
 
 
-def path_flags(cfg: BaseModel, prefix: str = "--") -> list[PathFlag]:
+def path_flags(cfg: BaseModel, prefix: str = "--",
+               loc: tuple[str | int, ...] = ()) -> list[PathFlag]:
     """Every path value in ``cfg`` with its flag and role, nested sections and lists included.
 
     A spec in a list (a prepare source, an evaluate task) is named by its class's
@@ -93,13 +96,13 @@ def path_flags(cfg: BaseModel, prefix: str = "--") -> list[PathFlag]:
         value = getattr(cfg, name, None)
         flag = prefix + name.replace("_", "-")
         if isinstance(value, BaseModel):
-            out += path_flags(value, flag + ".")
+            out += path_flags(value, flag + ".", (*loc, name))
             continue
         if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
             for i, item in enumerate(value):
                 label = getattr(item, "cli_label", None)
                 out += path_flags(item, label.format(**item.model_dump()) + " " if label
-                                  else f"{flag}[{i}].")
+                                  else f"{flag}[{i}].", (*loc, name, i))
             continue
         role = field_role(field)
         if hasattr(cfg, "path_role"):
@@ -108,9 +111,11 @@ def path_flags(cfg: BaseModel, prefix: str = "--") -> list[PathFlag]:
             continue
         if prefix.endswith(" ") and name == "path":
             flag = prefix.rstrip()
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, str) and v:
-                out.append(PathFlag(flag, role, v))
+        if isinstance(value, list):
+            out += [PathFlag(flag, role, v, (*loc, name, i))
+                    for i, v in enumerate(value) if isinstance(v, str) and v]
+        elif isinstance(value, str) and value:
+            out.append(PathFlag(flag, role, value, (*loc, name)))
     return out
 
 
