@@ -58,10 +58,10 @@ class TrackingSettings(ConfigSection):
     """Experiment tracking (MLflow) of a job or of the pipeline."""
 
     enabled: bool = Field(True, description="record runs in MLflow (--tracking.enabled false: off)")
-    uri: str | None = path_field("store",
-        None, description="MLflow tracking URI: a server (http://HOST:5000) or a store URI "
+    uri: str | None = path_field(
+        "store", None, description="MLflow tracking URI: a server (http://HOST:5000) or a store URI "
                           "(default: OUTPUT/mlruns, a local file store under the run folder)")
-    experiment: str = path_field("none", "embedforge", description="MLflow experiment name")
+    experiment: str = Field("embedforge", description="MLflow experiment name")
     log_model: bool = Field(True, description="pipeline: log the final exported model as an "
                                               "artifact (a copy of the model folder)")
 

@@ -29,8 +29,8 @@ class EvalConfig(JobConfig):
     cli_exclude: ClassVar[frozenset[str]] = frozenset({"tasks", "benchmarks", "mteb_tasks"})
 
     encoder: EncoderSettings = Field(description="the model to evaluate")
-    model_name: str | None = path_field("none",
-        None, description="name in results and reports (default embedforge/<folder>)")
+    model_name: str | None = path_field(
+        "none", None, description="name in results and reports (default embedforge/<folder>)")
     tasks: list[TaskSpec] = Field(default_factory=list, description="local tasks")
     benchmarks: list[str] = Field(default_factory=list, description="mteb benchmarks (hub)")
     mteb_tasks: list[str] = Field(default_factory=list, description="mteb tasks by name (hub)")
@@ -41,18 +41,18 @@ class EvalConfig(JobConfig):
                           "trained without them)")
     instruction_map: dict[str, str] = Field(
         default_factory=dict, description="task name or task type -> task description")
-    instruction_file: str | None = path_field("input",
-        None, description="YAML with `tasks:` / `types:` maps, extending the shipped one")
-    baseline: str | None = path_field("input",
-        None, description="earlier run (folder, scores.json or mteb results folder) to gate on")
+    instruction_file: str | None = path_field(
+        "input", None, description="YAML with `tasks:` / `types:` maps, extending the shipped one")
+    baseline: str | None = path_field(
+        "input", None, description="earlier run (folder, scores.json or mteb results folder) to gate on")
     tolerance: float = Field(
         0.01, ge=0, description="allowed drop per task in main-score units (0.01 = 1 point)")
     task_tolerance: dict[str, float] = Field(
         default_factory=dict, description="per-task tolerance overrides")
     allow_missing: bool = Field(
         False, description="baseline tasks absent from this run do not fail the gate")
-    compare: list[str] = path_field("input",
-        default_factory=list, description="other runs to put in report.md and chart.png")
+    compare: list[str] = path_field(
+        "input", default_factory=list, description="other runs to put in report.md and chart.png")
     devices: list[str] = Field(
         default_factory=list, description="one encoder replica per device in a process, e.g. "
                                           "cuda:0,cuda:1 (default: every visible GPU)")

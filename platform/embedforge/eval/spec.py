@@ -66,8 +66,8 @@ class TaskSpec(BaseModel):
                                                     "line has one, else comma)")
     score_range: tuple[float, float] | None = Field(
         None, description="STS score range (default: 0-5 for the STS-B layout, else data min/max)")
-    test_file: str | None = path_field("input",
-        None, description="classification: a separate test file (PATH is then the train file)")
+    test_file: str | None = path_field(
+        "input", None, description="classification: a separate test file (PATH is then the train file)")
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="classification: stratified test share when one file")
     samples_per_label: int = Field(8, ge=1, description="classification: mteb's k-shot train size")

@@ -23,8 +23,8 @@ class MineConfig(JobConfig):
     input: str = path_field("input", description="folder with unified samples (samples/*.parquet)")
     output: str = path_field("output", description="output folder")
     force: bool = Field(False, description=FORCE_HELP)
-    corpus: str | None = path_field("input",
-        None, description="BEIR folder, samples folder, or .jsonl/.parquet with `text` "
+    corpus: str | None = path_field(
+        "input", None, description="BEIR folder, samples folder, or .jsonl/.parquet with `text` "
                           "(default: the positives and negatives of --input)")
     encoder: EncoderSettings = Field(description="the retriever used to mine")
     rescore: EncoderSettings | None = Field(

