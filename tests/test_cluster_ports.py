@@ -53,6 +53,8 @@ def test_port_clash_lines_are_told_from_other_failures():
     assert is_port_clash("Failed to bind to address 0.0.0.0:6379")
     assert not is_port_clash("ValueError: --num-cpus must be a non-negative integer")
     assert not is_port_clash("")
+    assert not is_port_clash("INFO node.py:438 -- Failed to get node info b'RPC error: "
+                             "Deadline Exceeded'")  # retried too, but no clash
 
 
 def test_a_cluster_chooses_every_port_distinct_and_keeps_a_given_one():

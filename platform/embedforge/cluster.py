@@ -67,6 +67,11 @@ def is_port_clash(log: str) -> bool:
     return bool(PORT_CLASH.search(log))
 
 
+#: a head whose GCS did not answer in time on a starved machine (seen with a load of 60 on 2
+#: cores: "Failed to get node info b'RPC error: Deadline Exceeded'"): worth one more try too
+TRANSIENT_START = re.compile(r"Failed to get node info|GCS has become overloaded")
+
+
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = None,
               what: str = "server") -> None:
     """Poll ``GET url`` until it answers 200; fail early if ``proc`` (the server) exits."""
@@ -204,7 +209,8 @@ class LocalCluster:
 
     def start(self, timeout: float = 120.0) -> LocalCluster:
         """Start and wait until ready. A start that fails on a taken port (another process
-        bound it between our choice and Ray's bind) is retried with fresh ports."""
+        bound it between our choice and Ray's bind), or whose GCS timed out starting, is
+        retried with fresh ports."""
         env = {**os.environ, **self.env}
         env.pop("RAY_ADDRESS", None)
         # jobs submitted with a bare `python` entrypoint must find this interpreter's packages
@@ -222,7 +228,7 @@ class LocalCluster:
             exited = self.proc.poll() is not None
             tail = self.log_tail()
             self._kill()
-            if exited and is_port_clash(tail) \
+            if exited and (is_port_clash(tail) or TRANSIENT_START.search(tail)) \
                     and self.attempts < self.start_attempts and time.monotonic() < deadline:
                 self._choose_ports()  # and again, with ports chosen afresh
                 continue

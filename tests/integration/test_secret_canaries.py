@@ -102,8 +102,10 @@ def test_canary_secrets_reach_no_file_log_or_tracker(tmp_path, file_server):
                "synthesize": {"techniques": ["paraphrase"], "num_actors": 1,
                               "llm": {"base_url": llm.base_url, "api_key_env": "PROVIDER_VAR",
                                       "max_retries": 0}}}
-        (work / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-        run1 = job("pipeline.py", ["--config", str(work / "pipeline.yaml")], env)
+        given = tmp_path / "given"  # the user's own config holds the secrets: not scanned
+        given.mkdir()
+        (given / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+        run1 = job("pipeline.py", ["--config", str(given / "pipeline.yaml")], env)
         echoed = llm.stats()
     # the faults were really injected: the provider saw the key and echoed it in 401s, and
     # the pipeline got as far as the synthesize stage with the source read over HTTP

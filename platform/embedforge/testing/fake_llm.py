@@ -62,6 +62,7 @@ OUTCOMES: tuple[str, ...] = (
     "ok",
     *FAULT_KINDS,
     "poison",
+    "echo_headers",
     "rate_limited_by_rpm",
     "bad_request",
     "responder_error",
