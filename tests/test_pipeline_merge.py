@@ -101,6 +101,8 @@ def test_pipeline_runs_merge_then_gates_the_choice_and_reruns_on_a_merge_change(
         logs: list[str] = []
         data = run_pipeline(PipelineConfig.model_validate({
             "output": str(out), "num_cpus": 1, "stages": ["merge", "evaluate"],
+            # the train folder was copied in by hand: no pipeline made this run folder
+            "take_over": True,
             "train": {"model": {"model": "unused-base"}},
             "merge": {"grid": grid},
             "evaluate": {"tasks": [STS], "baseline": False, "on_regression": "warn"}}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,15 +19,57 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 
 def free_port() -> int:
+    """One free port. For several, use :func:`reserve_ports`: separate calls can return the
+    same port twice (each socket is closed before the next is bound)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reserve_ports(n: int, taken: Collection[int] = ()) -> list[int]:
+    """``n`` distinct free TCP ports, none in ``taken``.
+
+    Every socket stays bound until all ``n`` are chosen, so the kernel cannot hand out one port
+    twice (the race that made Ray refuse to start: "dashboard_agent_grpc is trying to use a
+    port number ... used by other components"). Bound on all interfaces: Ray's GCS and raylet
+    listen on the machine address, so a port only free on 127.0.0.1 would not do.
+    """
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+            if port not in taken:  # held open either way: the next bind cannot return it
+                ports.append(port)
+        return ports
+    finally:
+        for s in socks:
+            s.close()
+
+
+#: lines of ``ray start`` output that mean a chosen port was taken (by our own double pick, or
+#: by another process between our pick and Ray's bind): the start is retried with new ports
+PORT_CLASH = re.compile(r"used by other components|address already in use|"
+                        r"failed to bind|port \d+ is (?:already )?in use|errno 98", re.IGNORECASE)
+
+
+def is_port_clash(log: str) -> bool:
+    """Whether a failed ``ray start``'s output says a port was taken."""
+    return bool(PORT_CLASH.search(log))
+
+
+#: a head whose GCS did not answer in time on a starved machine (seen with a load of 60 on 2
+#: cores: "Failed to get node info b'RPC error: Deadline Exceeded'"): worth one more try too
+TRANSIENT_START = re.compile(r"Failed to get node info|GCS has become overloaded")
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = None,
@@ -97,6 +140,12 @@ def connect(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: LocalCluster's own port fields, and the ``ray start`` flags of the other ports it chooses
+PORT_FIELDS = ("port", "dashboard_port", "metrics_export_port")
+AGENT_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+               "runtime-env-agent-port", "ray-client-server-port")
+
+
 @dataclass
 class LocalCluster:
     """A ``ray start --head`` cluster in its own temp dir and ports, stopped by PID.
@@ -110,10 +159,30 @@ class LocalCluster:
     dashboard: bool = True
     env: dict[str, str] = field(default_factory=dict)
     temp_dir: str = field(default_factory=short_temp_dir)
-    port: int = field(default_factory=free_port)
-    dashboard_port: int = field(default_factory=free_port)
-    metrics_export_port: int = field(default_factory=free_port)
+    # 0: chosen here, together with the agent ports (reserve_ports); a port given is kept
+    port: int = 0
+    dashboard_port: int = 0
+    metrics_export_port: int = 0
+    #: ``(n, taken) -> n ports``: how ports are chosen (tests inject a picker that clashes)
+    pick_ports: Callable[[int, Collection[int]], list[int]] = reserve_ports
+    #: a ``ray start`` that fails on a taken port is retried this often with fresh ports
+    start_attempts: int = 3
     proc: subprocess.Popen[bytes] | None = None
+    attempts: int = 0
+    agent_ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._given = {k for k in PORT_FIELDS if getattr(self, k)}
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        """Every port we choose, in one reservation (none equal to each other or a given one)."""
+        free = [k for k in PORT_FIELDS if k not in self._given]
+        ports = self.pick_ports(len(free) + len(AGENT_PORTS),
+                                [getattr(self, k) for k in self._given])
+        for k, p in zip(free, ports, strict=False):
+            setattr(self, k, p)
+        self.agent_ports = dict(zip(AGENT_PORTS, ports[len(free):], strict=True))
 
     @property
     def address(self) -> str:
@@ -123,39 +192,50 @@ class LocalCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def start(self, timeout: float = 120.0) -> LocalCluster:
+    def command(self) -> list[str]:
+        """The ``ray start`` command line with this cluster's ports."""
         ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-        cmd = [
+        return [
             ray_bin, "start", "--head", "--block", "--disable-usage-stats",
             f"--port={self.port}", f"--num-cpus={self.num_cpus}",
             f"--temp-dir={self.temp_dir}", "--node-ip-address=127.0.0.1",
             f"--metrics-export-port={self.metrics_export_port}",
             f"--include-dashboard={'true' if self.dashboard else 'false'}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            # own agent ports: the defaults (52365, …) collide with any other cluster here
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            # own agent and client-server ports: the defaults (52365, 10001, …) collide with
+            # any other cluster on this machine
+            *(f"--{flag}={port}" for flag, port in self.agent_ports.items()),
         ]
+
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        """Start and wait until ready. A start that fails on a taken port (another process
+        bound it between our choice and Ray's bind), or whose GCS timed out starting, is
+        retried with fresh ports."""
         env = {**os.environ, **self.env}
         env.pop("RAY_ADDRESS", None)
         # jobs submitted with a bare `python` entrypoint must find this interpreter's packages
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        self._log = open(os.path.join(self.temp_dir, "ray-start.log"), "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_tail()
-                self.stop()
+        while True:
+            self.attempts += 1
+            self._log = open(os.path.join(self.temp_dir, "ray-start.log"), "wb")  # noqa: SIM115
+            self.proc = subprocess.Popen(self.command(), stdout=self._log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self._ready():
+                    return self
+                time.sleep(0.5)
+            exited = self.proc.poll() is not None
+            tail = self.log_tail()
+            self._kill()
+            if exited and (is_port_clash(tail) or TRANSIENT_START.search(tail)) \
+                    and self.attempts < self.start_attempts and time.monotonic() < deadline:
+                self._choose_ports()  # and again, with ports chosen afresh
+                continue
+            self.stop()
+            if exited:
                 raise RuntimeError(f"ray start exited with {self.proc.returncode}: {tail}")
-            if self._ready():
-                return self
-            time.sleep(0.5)
-        tail = self.log_tail()
-        self.stop()
-        raise TimeoutError(f"local Ray cluster not ready after {timeout}s: {tail}")
+            raise TimeoutError(f"local Ray cluster not ready after {timeout}s: {tail}")
 
     def _ready(self) -> bool:
         import urllib.error
@@ -173,8 +253,8 @@ class LocalCluster:
                 return exc.code == 401  # up, but token auth on and our token unknown
             except OSError:
                 return False
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+        # not a bare connect to the GCS port: a foreign listener there would answer too
+        return "Ray runtime started" in self.log_tail(1 << 16)
 
     @staticmethod
     def auth_token() -> str | None:
@@ -222,7 +302,7 @@ class LocalCluster:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def _kill(self, timeout: float = 20.0) -> None:
         """SIGTERM our process group, then SIGKILL what is left (by PID, never `ray stop`)."""
         import psutil
 
@@ -245,6 +325,10 @@ class LocalCluster:
                     p.kill()
         if getattr(self, "_log", None):
             self._log.close()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Kill every process of this cluster and remove its temp dir."""
+        self._kill(timeout)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:

@@ -18,6 +18,9 @@ from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .redact import install as install_redaction
+from .redact import redact, register_config
+
 C = TypeVar("C", bound="JobConfig")
 
 
@@ -267,6 +270,7 @@ def parse_config(
         cfg = cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origin)) from None
+    register_config(cfg)  # the keys its *api_key_env name, the passwords in its URIs
     if ns.print_config:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
         raise SystemExit(0)
@@ -274,14 +278,16 @@ def parse_config(
 
 
 def run_cli(main: typing.Callable[[], int | None]) -> None:
-    """Run a job's ``main`` turning user mistakes into one clear line and exit code 2."""
+    """Run a job's ``main`` turning user mistakes into one clear line and exit code 2.
+    Everything the job prints passes :func:`embedforge.redact.redact` on its way out."""
+    install_redaction()
     try:
         code = main()
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except JobFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         raise SystemExit(1) from None
     raise SystemExit(code or 0)
 

@@ -22,6 +22,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .redact import redact_obj
+
 HF_PREFIX = "hf:"
 LINE_EXTS = (".jsonl", ".ndjson", ".tsv", ".txt")
 TABLE_EXTS = (".csv", ".json", ".parquet")
@@ -679,8 +681,8 @@ def write_jsonl_atomic(rows: Iterable[dict[str, Any]], path: str) -> int:
     fs.makedirs(posixpath.dirname(p), exist_ok=True)
     n = 0
     with fs.open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for row in rows:  # error rows quote provider bodies: no key reaches the file
+            fh.write(json.dumps(redact_obj(row), ensure_ascii=False) + "\n")
             n += 1
     fs.mv(tmp, p)
     return n
@@ -689,8 +691,8 @@ def write_jsonl_atomic(rows: Iterable[dict[str, Any]], path: str) -> int:
 def write_json(obj: Any, path: str) -> None:
     fs, p, tmp = _atomic_target(path)
     fs.makedirs(posixpath.dirname(p), exist_ok=True)
-    with fs.open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, ensure_ascii=False, indent=2, sort_keys=False)
+    with fs.open(tmp, "w", encoding="utf-8") as fh:  # manifests, summaries, records: redacted
+        json.dump(redact_obj(obj), fh, ensure_ascii=False, indent=2, sort_keys=False)
         fh.write("\n")
     fs.mv(tmp, p)
 

@@ -45,6 +45,8 @@ from typing import Any
 from pydantic import Field
 
 from .config import ConfigError, ConfigSection
+from .redact import redact, redact_obj
+from .safety import path_field
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value (characters)
 MAX_KEY = 250
@@ -56,8 +58,8 @@ class TrackingSettings(ConfigSection):
     """Experiment tracking (MLflow) of a job or of the pipeline."""
 
     enabled: bool = Field(True, description="record runs in MLflow (--tracking.enabled false: off)")
-    uri: str | None = Field(
-        None, description="MLflow tracking URI: a server (http://HOST:5000) or a store URI "
+    uri: str | None = path_field(
+        "store", None, description="MLflow tracking URI: a server (http://HOST:5000) or a store URI "
                           "(default: OUTPUT/mlruns, a local file store under the run folder)")
     experiment: str = Field("embedforge", description="MLflow experiment name")
     log_model: bool = Field(True, description="pipeline: log the final exported model as an "
@@ -151,8 +153,8 @@ def _client(uri: str) -> Any:
 
 
 def _warn(what: str, exc: BaseException) -> None:
-    print(f"[tracking] warning: could not {what}: {type(exc).__name__}: {exc}", file=sys.stderr,
-          flush=True)
+    print(redact(f"[tracking] warning: could not {what}: {type(exc).__name__}: {exc}"),
+          file=sys.stderr, flush=True)
 
 
 class Run:
@@ -195,7 +197,7 @@ class Run:
     def log_params(self, params: Any) -> None:
         """A config (nested dict) as params; a key already logged with the same value is not
         sent again (the pipeline and the stage it runs log the same config)."""
-        flat = {k: v for k, v in flatten(params).items() if self._params.get(k) != v}
+        flat = {k: v for k, v in flatten(redact_obj(params)).items() if self._params.get(k) != v}
         if not flat:
             return
         try:
@@ -224,7 +226,7 @@ class Run:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         try:
             for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v)[:MAX_PARAM_VALUE])
+                self.client.set_tag(self.run_id, k, redact(str(v))[:MAX_PARAM_VALUE])
         except Exception as exc:
             _warn(f"tag run {self.name}", exc)
 
@@ -233,7 +235,7 @@ class Run:
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, os.path.basename(artifact_file))
                 with open(path, "w", encoding="utf-8") as fh:
-                    fh.write(text)
+                    fh.write(redact(text))
                 self.client.log_artifact(self.run_id, path, os.path.dirname(artifact_file) or None)
         except Exception as exc:
             _warn(f"log {artifact_file} to run {self.name}", exc)
@@ -341,8 +343,9 @@ def new_run(settings: TrackingSettings, output: str, name: str,
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(
             settings.experiment)
     except Exception as exc:
-        raise ConfigError(f"cannot reach the MLflow tracking store {uri}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        # the URI and the client's error both may quote user:password@ (embedforge.redact)
+        raise ConfigError(redact(f"cannot reach the MLflow tracking store {uri}: "
+                                 f"{type(exc).__name__}: {exc}")) from None
     return Run(client, uri, exp_id, name, {"embedforge.output": output, **(tags or {})})
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import parse_range, safe_name
+from ..safety import path_field
 
 FORMAT_NAMES = (
     "beir", "title_body", "qa", "reading", "claim", "sts", "nli", "pair_label", "classification",
@@ -22,13 +23,14 @@ class SourceSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    cli_label: ClassVar[str] = "--source {name}"  # how data-safety errors name its path
 
     name: str = Field(description="dataset name written to the `dataset` column")
     format: str = Field(description="one of " + ", ".join(FORMAT_NAMES))
-    path: str = Field(description="file, folder, glob, fsspec URI, or hf:ORG/NAME[:split]")
+    path: str = path_field("input", description="file, folder, glob, fsspec URI, or hf:ORG/NAME[:split]")
     split: str | None = Field(None, description="BEIR qrels split / HF split")
     map: dict[str, str] = Field(default_factory=dict, description="role -> column")
-    columns: list[str] | None = Field(None, description="field names of header-less files")
+    columns: list[str] | None = path_field("none", None, description="field names of header-less files")
     header: bool | None = Field(None, description="first line is a header (auto when unset)")
     delimiter: str | None = Field(None, description="field separator (TSV/TXT tab, CSV comma)")
     instruction: str | None = Field(None, description="task description for the instruction")

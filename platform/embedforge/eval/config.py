@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from ..config import ConfigError, JobConfig, named_option
 from ..model.encoder import EncoderSettings
-from ..safety import FORCE_HELP
+from ..safety import FORCE_HELP, path_field
 from ..tracking import TrackingSettings
 from .spec import TaskSpec, parse_option_value, parse_task_arg
 
@@ -29,30 +29,30 @@ class EvalConfig(JobConfig):
     cli_exclude: ClassVar[frozenset[str]] = frozenset({"tasks", "benchmarks", "mteb_tasks"})
 
     encoder: EncoderSettings = Field(description="the model to evaluate")
-    model_name: str | None = Field(
-        None, description="name in results and reports (default embedforge/<folder>)")
+    model_name: str | None = path_field(
+        "none", None, description="name in results and reports (default embedforge/<folder>)")
     tasks: list[TaskSpec] = Field(default_factory=list, description="local tasks")
     benchmarks: list[str] = Field(default_factory=list, description="mteb benchmarks (hub)")
     mteb_tasks: list[str] = Field(default_factory=list, description="mteb tasks by name (hub)")
-    output: str = Field(description="output folder (local path or fsspec URI)")
+    output: str = path_field("output", description="output folder (local path or fsspec URI)")
     force: bool = Field(False, description=FORCE_HELP)
     instructions: bool = Field(
         True, description="format inputs with task instructions (--no-instructions for models "
                           "trained without them)")
     instruction_map: dict[str, str] = Field(
         default_factory=dict, description="task name or task type -> task description")
-    instruction_file: str | None = Field(
-        None, description="YAML with `tasks:` / `types:` maps, extending the shipped one")
-    baseline: str | None = Field(
-        None, description="earlier run (folder, scores.json or mteb results folder) to gate on")
+    instruction_file: str | None = path_field(
+        "input", None, description="YAML with `tasks:` / `types:` maps, extending the shipped one")
+    baseline: str | None = path_field(
+        "input", None, description="earlier run (folder, scores.json or mteb results folder) to gate on")
     tolerance: float = Field(
         0.01, ge=0, description="allowed drop per task in main-score units (0.01 = 1 point)")
     task_tolerance: dict[str, float] = Field(
         default_factory=dict, description="per-task tolerance overrides")
     allow_missing: bool = Field(
         False, description="baseline tasks absent from this run do not fail the gate")
-    compare: list[str] = Field(
-        default_factory=list, description="other runs to put in report.md and chart.png")
+    compare: list[str] = path_field(
+        "input", default_factory=list, description="other runs to put in report.md and chart.png")
     devices: list[str] = Field(
         default_factory=list, description="one encoder replica per device in a process, e.g. "
                                           "cuda:0,cuda:1 (default: every visible GPU)")

@@ -11,7 +11,7 @@ from typing import Any
 from .. import io as eio
 from .. import tracking
 from ..config import ConfigError
-from ..safety import check_no_overlap, claim_output
+from ..safety import check_paths, claim_output
 from .config import EvalConfig
 from .output import load_scores, run_gate, write_outputs
 from .report import Regression, fmt_points, mean_task, mean_task_type
@@ -46,9 +46,7 @@ def evaluate_and_gate(cfg: EvalConfig, log: Log = print) -> EvalOutcome:
     The baseline and comparison runs are read first: a typo must not cost a whole evaluation.
     A gate that cannot be computed still leaves the scores of the run on disk, then raises.
     """
-    inputs = [("--baseline", cfg.baseline), *[("--compare", c) for c in cfg.compare],
-              *[(f"task {t.name}", t.path) for t in cfg.tasks if t.kind != "mteb"]]
-    check_no_overlap(cfg.output, inputs)
+    check_paths(cfg)
     others = [load_scores(p) for p in ([cfg.baseline] if cfg.baseline else []) + cfg.compare]
     claim_output(cfg.output, "evaluate", cfg.force)
     with tracking.job_run(cfg.tracking, cfg.output, "evaluate", {"embedforge.job": "evaluate"}) as trk:

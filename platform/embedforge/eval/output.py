@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import io as eio
 from ..config import ConfigError
+from ..redact import redact, redact_obj
 from . import report
 from .report import Regression, RunScores
 from .run import EvalRun
@@ -114,7 +115,7 @@ def write_outputs(output: str, run: EvalRun, others: Sequence[RunScores] = (),
             if o.result is not None:
                 cache.save_to_cache(o.result, run.model_meta)
         doc = scores_document(run, model_path, gate)
-        (root / "scores.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+        (root / "scores.json").write_text(json.dumps(redact_obj(doc), indent=2, ensure_ascii=False))
         runs = [run.run_scores(), *others]
         md = report.markdown(runs, title=f"Evaluation of {run.model_meta.name}")
         errors = run.errors
@@ -124,10 +125,10 @@ def write_outputs(output: str, run: EvalRun, others: Sequence[RunScores] = (),
         if run.dim_scores:
             md += report.dims_table(run.dim_scores, run.scores, full_dim)
             report.dims_chart(run.dim_scores, run.scores, full_dim, str(root / "dims.png"))
-        (root / "report.md").write_text(md + gate_md)
+        (root / "report.md").write_text(redact(md + gate_md))
         report.bar_chart(runs, str(root / "chart.png"))
         if config is not None:
-            (root / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            (root / "config.json").write_text(json.dumps(redact_obj(config), indent=2, default=str))
     names = ["results", "scores.json", "report.md", "chart.png", *(["dims.png"] if run.dim_scores else [])]
     return {name: eio.join(output, name) for name in names}
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config import parse_range, safe_name
+from ..safety import path_field
 
 TaskKind = Literal["beir", "sts", "classification", "pair", "clustering", "reranking", "mteb"]
 LOCAL_KINDS: tuple[str, ...] = ("beir", "sts", "classification", "pair", "clustering", "reranking")
@@ -41,11 +42,12 @@ class TaskSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    cli_label: ClassVar[str] = "--task {name}"  # how data-safety errors name its paths
 
     name: str = Field(description="task name in results, reports and the gate")
     kind: TaskKind = Field(
         description="beir | sts | classification | pair | clustering | reranking | mteb")
-    path: str = Field(description="file or BEIR folder (local path or fsspec URI); mteb: task name")
+    path: str = path_field("input", description="file or BEIR folder (local path or fsspec URI); mteb: task name")
     split: str | None = Field(None, description="BEIR qrels split (default test)")
     benchmark: str | None = Field(
         None, description="mteb: take the task from this benchmark (its subset/split filters)")
@@ -58,14 +60,14 @@ class TaskSpec(BaseModel):
                                 "queries is always kept, the rest is a seeded sample")
     seed: int = Field(42, description="seed of every sample and split drawn for this task")
     map: dict[str, str] = Field(default_factory=dict, description="role -> column")
-    columns: list[str] | None = Field(None, description="field names of a header-less file")
+    columns: list[str] | None = path_field("none", None, description="field names of a header-less file")
     header: bool | None = Field(None, description="first line is a header (auto when unset)")
     delimiter: str | None = Field(None, description="field separator (auto: tab if the first "
                                                     "line has one, else comma)")
     score_range: tuple[float, float] | None = Field(
         None, description="STS score range (default: 0-5 for the STS-B layout, else data min/max)")
-    test_file: str | None = Field(
-        None, description="classification: a separate test file (PATH is then the train file)")
+    test_file: str | None = path_field(
+        "input", None, description="classification: a separate test file (PATH is then the train file)")
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="classification: stratified test share when one file")
     samples_per_label: int = Field(8, ge=1, description="classification: mteb's k-shot train size")
@@ -77,6 +79,10 @@ class TaskSpec(BaseModel):
     depth: int = Field(
         20, ge=1, description="reranking from a BEIR folder: random other corpus docs added to "
                               "each query's positives as its candidates (seeded per query)")
+
+    def path_role(self, name: str, role: str | None) -> str | None:
+        """An mteb task's ``path`` is a task name, no location (see safety.path_flags)."""
+        return "none" if name == "path" and self.kind == "mteb" else role
 
     @field_validator("name")
     @classmethod

@@ -7,17 +7,18 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..config import ConfigSection
+from ..safety import path_field
 
 
 class LLMSettings(ConfigSection):
     """Where and how to call an OpenAI-compatible chat API."""
 
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible base URL (…/v1); unset = start the embedded local LLM"
+    base_url: str | None = path_field(
+        "none", None, description="OpenAI-compatible base URL (…/v1); unset = start the embedded local LLM"
     )
-    model: str = Field("smollm2-135m-instruct", description="model name sent to the API")
-    api_key_env: str = Field(
-        "OPENAI_API_KEY", description="environment variable holding the API key (never logged)"
+    model: str = path_field("none", "smollm2-135m-instruct", description="model name sent to the API")
+    api_key_env: str = path_field(
+        "none", "OPENAI_API_KEY", description="environment variable holding the API key (never logged)"
     )
     client: Literal["aiohttp", "openai"] = Field(
         "aiohttp", description="HTTP client: aiohttp (~0.5 CPU-ms/request) or the openai SDK (~5)"

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
+from ..redact import redact, register
 from .cache import ResponseCache, cache_key
 from .config import LLMSettings
 
@@ -98,6 +99,7 @@ class Gateway:
         self.cache = cache
         self.stats: Counter[str] = Counter()
         self._api_key = api_key or os.environ.get(settings.api_key_env, "") or "EMPTY"
+        register(self._api_key)  # whatever echoes it back is redacted (embedforge.redact)
         self._session: Any = None
         self._oa: Any = None
         self._jitter = wait_random_exponential(multiplier=settings.backoff_base_s,
@@ -189,6 +191,7 @@ class Gateway:
         if status in (429, 503) or (status == 529):
             return _Retryable(f"http_{status}", f"HTTP {status}",
                               parse_retry_after(retry_after) if retry_after else None)
+        text = redact(text)  # a provider may echo the request's Authorization header
         if status >= 500 or status in (408, 409):
             return _Retryable(f"http_{status}", f"HTTP {status}: {text[:200]}")
         if status in (401, 403):

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from ..config import JobConfig
 from ..model.encoder import EncoderSettings
-from ..safety import FORCE_HELP
+from ..safety import FORCE_HELP, path_field
 from .select import SelectionSettings
 
 
@@ -20,11 +20,11 @@ class MineConfig(JobConfig):
     summary.json and a score histogram (audit.png).
     """
 
-    input: str = Field(description="folder with unified samples (samples/*.parquet)")
-    output: str = Field(description="output folder")
+    input: str = path_field("input", description="folder with unified samples (samples/*.parquet)")
+    output: str = path_field("output", description="output folder")
     force: bool = Field(False, description=FORCE_HELP)
-    corpus: str | None = Field(
-        None, description="BEIR folder, samples folder, or .jsonl/.parquet with `text` "
+    corpus: str | None = path_field(
+        "input", None, description="BEIR folder, samples folder, or .jsonl/.parquet with `text` "
                           "(default: the positives and negatives of --input)")
     encoder: EncoderSettings = Field(description="the retriever used to mine")
     rescore: EncoderSettings | None = Field(
@@ -44,7 +44,7 @@ class MineConfig(JobConfig):
     partition_rows: int = Field(8192, ge=1, description="at most this many samples per partition")
     partition_mb: int = Field(64, ge=1, description="at most this many MB of samples per partition")
     instruction: bool = Field(True, description="format queries with their dataset instruction")
-    cache: str | None = Field(None, description="embedding cache folder (default OUTPUT/_embeddings)")
+    cache: str | None = path_field("store", None, description="embedding cache folder (default OUTPUT/_embeddings)")
     cache_dtype: Literal["float32", "float16"] = Field(
         "float32", description="stored vector dtype (float16 halves the cache; part of its key)")
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS, else local)")

@@ -20,7 +20,7 @@ from .. import metrics
 from ..cluster import connect
 from ..config import ConfigError
 from ..model.encoder import fingerprint as encoder_fingerprint
-from ..safety import check_no_overlap, claim_output, remove_owned
+from ..safety import check_paths, claim_output, remove_owned
 from . import dataflow as flow
 from . import index as findex
 from .config import MineConfig
@@ -57,7 +57,7 @@ def run_mine(cfg: MineConfig, log=print) -> dict[str, Any]:
     files = eio.sample_files(cfg.input)
     if not files:
         raise ConfigError(f"no unified samples (samples/*.parquet) under --input {cfg.input}")
-    check_no_overlap(cfg.output, [("--input", cfg.input), ("--corpus", cfg.corpus)])
+    check_paths(cfg)
     claim_output(cfg.output, "mine", cfg.force)
     for name in OUTPUTS:  # ours (claimed above): a shorter run must not leave stale parts
         remove_owned(eio.join(cfg.output, name), cfg.output, "mine")

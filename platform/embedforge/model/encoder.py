@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ..config import ConfigSection
+from ..safety import path_field
 
 Pooling = Literal["mean", "last_token", "cls", "auto"]
 
@@ -48,7 +49,7 @@ def resolve_model_ref(ref: str) -> str:
 class EncoderSettings(ConfigSection):
     """Which model and how it turns texts into vectors."""
 
-    model: str = Field(description="HF / sentence-transformers folder, hub id, or package:NAME "
+    model: str = path_field("input", description="HF / sentence-transformers folder, hub id, or package:NAME "
                                    "(a model shipped in a PyPI package)")
     pooling: Pooling = Field("auto", description="mean | last_token | cls (auto: from the folder)")
     normalize: bool = Field(True, description="L2-normalise embeddings")

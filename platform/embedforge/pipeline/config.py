@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from ..config import ConfigSection, JobConfig
+from ..safety import OWNER_FILE, path_field
 from ..tracking import TrackingSettings
 
 StageName = Literal["prepare", "synthesize", "mine", "train1", "train2", "merge", "evaluate",
@@ -24,8 +25,9 @@ STAGES: tuple[str, ...] = ("prepare", "synthesize", "mine", "train1", "train2", 
 class EvaluateSection(ConfigSection):
     """Evaluation of the trained model against the base model, and the gate."""
 
-    tasks: list[str] = Field(
-        default_factory=list, description="local tasks NAME=KIND:PATH[:SPLIT] (as jobs/evaluate.py)")
+    # NAME=KIND:PATH specs: their paths are checked as the evaluate stage's TaskSpecs
+    tasks: list[str] = path_field(
+        "none", default_factory=list, description="local tasks NAME=KIND:PATH[:SPLIT] (as jobs/evaluate.py)")
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-task options, e.g. {articles: {max_corpus: 1000}}")
     baseline: bool = Field(True, description="score the base model too and gate against it")
@@ -50,8 +52,8 @@ class MergeSection(ConfigSection):
     grid: list[float] = Field(
         default_factory=list, description="values of t to try (0: stage 1, 1: stage 2); empty: "
                                           "no merging, stage 2 is evaluated and served")
-    tasks: list[str] = Field(
-        default_factory=list, description="dev tasks NAME=KIND:PATH[:SPLIT] that choose the model "
+    tasks: list[str] = path_field(  # checked as the dev scoring's TaskSpecs
+        "none", default_factory=list, description="dev tasks NAME=KIND:PATH[:SPLIT] that choose the model "
                                           "(default: the evaluate section's tasks)")
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-task options (default: the evaluate section's)")
@@ -85,11 +87,15 @@ class PipelineConfig(JobConfig):
     cli_exclude: ClassVar[frozenset[str]] = frozenset(
         {"prepare", "synthesize", "mine", "train"})
 
-    output: str = Field(description="run folder: one sub-folder per stage + manifest.json")
+    output: str = path_field("output", description="run folder: one sub-folder per stage + manifest.json")
     stages: list[StageName] = Field(default_factory=lambda: list(STAGES),
                                     description="stages to run, in pipeline order")
     force: list[StageName] = Field(default_factory=list,
                                    description="stages to re-run even when complete")
+    take_over: bool = Field(
+        False, description=f"take over an --output folder the pipeline did not create (no "
+                           f"{OWNER_FILE}): manifest.json, .pipeline/ and the stage folders "
+                           "in it may then be overwritten; other files stay")
     prepare: dict[str, Any] = Field(default_factory=dict, description="PrepareConfig fields")
     synthesize: dict[str, Any] = Field(default_factory=dict, description="SynthConfig fields")
     mine: dict[str, Any] = Field(default_factory=dict, description="MineConfig fields")

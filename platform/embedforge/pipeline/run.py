@@ -12,7 +12,8 @@ from typing import Any
 from .. import io as eio
 from .. import tracking
 from ..cluster import connect
-from ..safety import remove_owned
+from ..config import ConfigError
+from ..safety import claim_output, overlap, path_flags, remove_owned
 from . import stages as st
 from .config import STAGES, PipelineConfig
 from .selection import describe_choice
@@ -83,6 +84,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                  after_stage: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``cfg.stages``; returns the manifest data. ``after_stage`` is a test hook."""
     f = st.Folders(cfg.output)
+    claim_output(cfg.output, "pipeline", cfg.take_over)  # before manifest.json is written
     manifest = Manifest(cfg.output, cfg.model_dump(mode="json"))
     prun = tracking.new_run(cfg.tracking, cfg.output, "pipeline", {"embedforge.job": "pipeline"})
     prun.log_params(manifest.data["pipeline"])
@@ -98,6 +100,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
                     continue
                 try:
                     built = d.build(cfg, f)
+                    check_inputs_outside_root(built, f)
                 except Exception as exc:  # a wiring/config mistake: recorded, then raised
                     manifest.record(name, {"status": "failed",
                                            "error": f"{type(exc).__name__}: {exc}"})
@@ -166,6 +169,31 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
         prun.finish("FINISHED" if status == "finished" else "FAILED")
         log("\n" + summary_table(manifest.data))
     return manifest.data
+
+
+def stage_folders(f: st.Folders) -> list[str]:
+    """The folders the pipeline's stages write under the run folder."""
+    return [f.prepared, f.synth, f.mined, f.train, f.merge, f.eval]
+
+
+def check_inputs_outside_root(built: Any, f: st.Folders) -> None:
+    """The pipeline's own data-safety rule over a stage's resolved config(s): every input
+    lies outside the run folder, or inside a stage folder (the pipeline's wiring). A user's
+    input at the run folder, above it, or beside the stage folders in it (where a stage, a
+    re-run or --force could clear it) is refused naming the stage flag."""
+    folders = stage_folders(f)
+    for part in built if isinstance(built, tuple) else (built,):
+        if part is None:
+            continue
+        for flag in path_flags(part):
+            if flag.role != "input":
+                continue
+            how = overlap(f.root, flag.value)
+            if how in ("is", "is inside") or (how == "contains" and not any(
+                    overlap(flag.value, s) in ("is", "is inside") for s in folders)):
+                raise ConfigError(
+                    f"--output {f.root} {how} the input {flag.flag} {flag.value}: the pipeline "
+                    "writes and clears folders under its output; keep inputs outside it")
 
 
 def _stage_run(prun: tracking.AnyRun, name: str, config: Any) -> tracking.AnyRun:

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from ..config import ConfigError, JobConfig, _parse_scalar, named_option
 from ..data.spec import SourceSpec, parse_source_arg
-from ..safety import FORCE_HELP
+from ..safety import FORCE_HELP, path_field
 
 
 class PrepareConfig(JobConfig):
@@ -25,7 +25,7 @@ class PrepareConfig(JobConfig):
     cli_exclude: ClassVar[frozenset[str]] = frozenset({"sources"})
 
     sources: list[SourceSpec] = Field(default_factory=list, description="input sources")
-    output: str = Field(description="output folder (local path or fsspec URI)")
+    output: str = path_field("output", description="output folder (local path or fsspec URI)")
     instructions: dict[str, str] = Field(
         default_factory=dict, description="dataset name -> task description (overrides defaults)"
     )

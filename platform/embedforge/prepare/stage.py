@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from .. import io as eio
 from ..cluster import connect
-from ..safety import check_no_overlap, claim_output
+from ..safety import check_paths, claim_output
 from .config import PrepareConfig
 from .units import REJECTED_DIR, SAMPLES_DIR, UNITS_DIR, plan_source, process_unit, unit_dataset
 
@@ -232,7 +232,7 @@ def run_prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
         from ..config import ConfigError
 
         raise ConfigError("no sources: add --source NAME=FORMAT:PATH (or `sources:` in --config)")
-    check_no_overlap(cfg.output, [(f"--source {s.name}", s.path) for s in cfg.sources])
+    check_paths(cfg)
     claim_output(cfg.output, "prepare", cfg.force)
     chunk = int(cfg.chunk_mb * 1024 * 1024)
     tasks: list[dict[str, Any]] = []

@@ -26,6 +26,7 @@ from ..data.formats import get_format, looks_like_header
 from ..data.retrieval import beir_doc_text, beir_qrel_ids, from_beir_qrel
 from ..data.spec import SourceSpec
 from ..instructions import resolve_instruction
+from ..redact import redact
 from ..schema import rows_to_table
 
 SAMPLES_DIR = "samples"
@@ -245,9 +246,13 @@ def process_unit(task: dict[str, Any], out_dir: str, flush_rows: int = 100_000) 
         rejected.append({"dataset": spec.name, "file": file, "line": line, "reason": reason,
                          "message": message, "raw": raw[:MAX_RAW_CHARS]})
 
+    shown: dict[str, str] = {}  # a source URI's password stays out of every sample's meta
+
     def emit(samples: list[Any], file: str, line: int) -> None:
+        if file not in shown:
+            shown[file] = redact(file)
         for s in samples:
-            s.meta.setdefault("file", file)
+            s.meta.setdefault("file", shown[file])
             s.meta.setdefault("line", line)
             before = writer.duplicates
             writer.add(s.to_row())

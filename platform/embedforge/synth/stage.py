@@ -27,7 +27,7 @@ from ..config import JobFailed
 from ..llm.cache import ResponseCache
 from ..llm.coordinator import Coordinator, PartitionedLimiter, RemoteLimiter, can_partition
 from ..llm.gateway import Gateway, estimate_cost
-from ..safety import check_no_overlap, claim_output
+from ..safety import check_paths, claim_output
 from ..schema import ARROW_SCHEMA, rows_to_table
 from .config import SynthConfig
 from .dedup import (
@@ -246,7 +246,7 @@ def run_synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
 
         raise ConfigError(f"no unified samples (samples/*.parquet) under --input {cfg.input}")
     # the folders cleared below must be this stage's own, and never the input's
-    check_no_overlap(cfg.output, [("--input", cfg.input)])
+    check_paths(cfg)
     claim_output(cfg.output, "synthesize", cfg.force)
     for sub in (RAW_DIR, ERRORS_DIR, SAMPLES_DIR):
         eio.remove(eio.join(cfg.output, sub))

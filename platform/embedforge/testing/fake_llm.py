@@ -62,6 +62,7 @@ OUTCOMES: tuple[str, ...] = (
     "ok",
     *FAULT_KINDS,
     "poison",
+    "echo_headers",
     "rate_limited_by_rpm",
     "bad_request",
     "responder_error",
@@ -85,6 +86,8 @@ class FaultPlan:
 
     ``poison_marker``: a request whose message text contains it *always* gets a 500, which
     lets a test exhaust a client's retries for one known item without relying on chance.
+    ``echo_headers``: every request gets a 401 whose body quotes the request's headers,
+    ``Authorization`` included (what the secret-redaction tests send keys into).
     """
 
     rate_limit: float = 0.0
@@ -99,6 +102,9 @@ class FaultPlan:
     hang_seconds: float = 30.0
     seed: int = 0
     poison_marker: str | None = None
+    #: every chat request gets 401 with its own request headers in the body, as some
+    #: providers and proxies do: a client that stores error bodies stores its key
+    echo_headers: bool = False
 
     def __post_init__(self) -> None:
         total = 0.0
@@ -458,6 +464,11 @@ class FakeLLMServer:
 
         texts = _messages_text(messages)
         plan = self.faults
+        if plan.echo_headers:
+            self._count("echo_headers")
+            return web.Response(status=401, content_type=_JSON, body=_error_body(
+                f"Incorrect API key provided. Request headers: {dict(request.headers)}",
+                "invalid_request_error", "invalid_api_key"))
         if plan.poison_marker is not None and any(plan.poison_marker in t for t in texts):
             self._count("poison")
             await self._sleep(self.latency)

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import ConfigSection, JobConfig
 from ..model.encoder import Pooling, resolve_model_ref
-from ..safety import FORCE_HELP
+from ..safety import FORCE_HELP, path_field
 from ..tracking import TrackingSettings
 
 
@@ -26,7 +26,7 @@ class LoraSettings(ConfigSection):
 
 
 class ModelSettings(ConfigSection):
-    model: str = Field(description="HF / sentence-transformers folder, hub id or package:NAME "
+    model: str = path_field("input", description="HF / sentence-transformers folder, hub id or package:NAME "
                                    "of the backbone")
     pooling: Pooling = Field("mean", description="mean (report) | last_token | cls | auto")
     bidirectional: bool = Field(False, description="decoders: full attention (report: true)")
@@ -46,8 +46,8 @@ class ModelSettings(ConfigSection):
 
 
 class StageSettings(ConfigSection):
-    inputs: list[str] = Field(
-        default_factory=list, description="sample folders (mine/synthesize output); a sample id "
+    inputs: list[str] = path_field(
+        "input", default_factory=list, description="sample folders (mine/synthesize output); a sample id "
                                           "is taken from the first folder that has it")
     steps: int = Field(100, ge=1, description="optimizer steps")
     lr: float = Field(3e-5, gt=0, description="peak learning rate")
@@ -121,7 +121,7 @@ class TrainConfig(JobConfig):
     command and retries failed workers from the last checkpoint.
     """
 
-    output: str = Field(description="run folder: stage1/ and stage2/, each with model/ (its "
+    output: str = path_field("output", description="run folder: stage1/ and stage2/, each with model/ (its "
                                     "export); the last stage's model/ is the final model")
     run: Literal["1", "2", "both"] = Field("both", description="which stage(s) to run")
     force: bool = Field(False, description=FORCE_HELP)

@@ -20,6 +20,7 @@ import shutil
 from typing import Any
 
 from ..instructions import format_instruction
+from ..safety import publish, staging
 from .config import ModelSettings
 from .model import EmbeddingModel, build_model
 
@@ -64,18 +65,28 @@ def trained_dims(matryoshka_dims: list[int] | None, full: int) -> list[int] | No
 def export_model(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings, out_dir: str,
                  query_instruction: str | None = None,
                  matryoshka_dims: list[int] | None = None) -> str:
-    """Write ``out_dir`` (replacing it atomically); returns it. ``matryoshka_dims``: the
-    configured ``loss.matryoshka_dims`` (the full size is added when missing)."""
+    """Write the export into ``out_dir``; returns it. ``matryoshka_dims``: the configured
+    ``loss.matryoshka_dims`` (the full size is added when missing).
+
+    Built in a staging folder, then published file by file: only the names an export writes
+    are replaced (:func:`safety.publish`), never the whole folder, which may be a merge
+    ``--output`` holding a user's files."""
+    with staging(out_dir) as tmp:
+        _write_export(model, tokenizer, settings, tmp, query_instruction, matryoshka_dims)
+        publish(tmp, out_dir)
+    return out_dir
+
+
+def _write_export(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings, tmp: str,
+                  query_instruction: str | None, matryoshka_dims: list[int] | None) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     backbone = model.backbone
     if settings.lora.enabled:
         backbone.save_pretrained(os.path.join(tmp, "adapter"))  # the adapter alone, for PEFT users
         if not settings.lora.merge_on_export:
-            return _finish(tmp, out_dir)
+            return
         backbone = backbone.merge_and_unload()
     hf = os.path.join(tmp, "hf")
     backbone.save_pretrained(hf)
@@ -103,13 +114,6 @@ def export_model(model: EmbeddingModel, tokenizer: Any, settings: ModelSettings,
                    "prompt_template": "Instruct: {task}\\nQuery: ", "prompts": prompts,
                    "matryoshka_dims": trained_dims(matryoshka_dims,
                                                    int(backbone.config.hidden_size))}, fh, indent=2)
-    return _finish(tmp, out_dir)
-
-
-def _finish(tmp: str, out_dir: str) -> str:
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
 
 
 def export_checkpoint(ckpt_dir: str, settings: ModelSettings, init_path: str, zero_stage: int,

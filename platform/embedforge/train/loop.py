@@ -216,8 +216,8 @@ def _truncate_history(path: str | None, start: int) -> None:
                 row = json.loads(line)
                 if row["step"] <= start:
                     rows.append(row)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
+    fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=os.path.dirname(path))  # a name we own
+    with os.fdopen(fd, "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, path)
 

@@ -32,7 +32,17 @@ from pydantic import Field, model_validator
 
 from .. import io as eio
 from ..config import ConfigError, JobConfig
-from ..safety import FORCE_HELP, check_no_overlap, claim_output
+from ..safety import (
+    FORCE_HELP,
+    OWNER_FILE,
+    PUBLISHED_FILE,
+    STAGING_PREFIX,
+    check_paths,
+    claim_output,
+    path_field,
+    publish,
+    staging,
+)
 
 STAGE = "merge"
 Method = Literal["average", "linear", "slerp"]
@@ -44,14 +54,14 @@ class MergeConfig(JobConfig):
     interpolation between two exports (--method slerp --a DIR --b DIR --t 0.5)."""
 
     method: Method = Field(description="average (stage checkpoints) | linear | slerp (two exports)")
-    stage: str | None = Field(None, description="average: a train stage folder (OUTPUT/stageN)")
+    stage: str | None = path_field("input", None, description="average: a train stage folder (OUTPUT/stageN)")
     checkpoints: int = Field(2, ge=1, description="average: how many of the last checkpoints")
     weights: list[float] | None = Field(
         None, description="average: one weight per checkpoint, oldest first (default equal)")
-    a: str | None = Field(None, description="linear/slerp: the export at t=0")
-    b: str | None = Field(None, description="linear/slerp: the export at t=1 (its folder is copied)")
+    a: str | None = path_field("input", None, description="linear/slerp: the export at t=0")
+    b: str | None = path_field("input", None, description="linear/slerp: the export at t=1 (its folder is copied)")
     t: float = Field(0.5, ge=0, le=1, description="linear/slerp: 0 gives a, 1 gives b")
-    output: str = Field(description="output export folder (local path)")
+    output: str = path_field("output", description="output export folder (local path)")
     force: bool = Field(False, description=FORCE_HELP)
 
     @model_validator(mode="after")
@@ -105,7 +115,7 @@ def _check_same_layout(a: str, b: str) -> None:
 
 
 def interpolate_exports(a: str, b: str, t: float, method: str, out_dir: str) -> str:
-    """Write ``out_dir``: b's folder with weights ``method``(a, b, t) (replaced atomically)."""
+    """Write ``out_dir``: b's folder with weights ``method``(a, b, t) (see safety.publish)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -120,21 +130,15 @@ def interpolate_exports(a: str, b: str, t: float, method: str, out_dir: str) -> 
     except ValueError as exc:
         raise ConfigError(f"--a {a} and --b {b} do not merge: {exc}") from None
     del sa, sb
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(b, tmp, ignore=shutil.ignore_patterns(
-        ".embedforge-owner.json", "adapter", "merge.json"))
-    for f in weight_files(b):
-        with safe_open(f, "pt") as fh:
-            keys, meta = list(fh.keys()), fh.metadata()
-        save_file({k: merged[k].contiguous() for k in keys}, os.path.join(tmp, os.path.basename(f)),
-                  metadata=meta)
-    return _finish(tmp, out_dir)
-
-
-def _finish(tmp: str, out_dir: str) -> str:
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with staging(out_dir) as tmp:
+        shutil.copytree(b, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            OWNER_FILE, PUBLISHED_FILE, STAGING_PREFIX + "*", "adapter", "merge.json"))
+        for f in weight_files(b):
+            with safe_open(f, "pt") as fh:
+                keys, meta = list(fh.keys()), fh.metadata()
+            save_file({k: merged[k].contiguous() for k in keys},
+                      os.path.join(tmp, os.path.basename(f)), metadata=meta)
+        publish(tmp, out_dir)  # only the names of b's export, never the whole folder
     return out_dir
 
 
@@ -203,7 +207,7 @@ def run_merge(cfg: MergeConfig, log=print) -> dict[str, Any]:
     for flag, path in inputs:
         if path and not os.path.isdir(path):
             raise ConfigError(f"{flag} {path}: folder not found")
-    check_no_overlap(cfg.output, inputs)
+    check_paths(cfg)
     claim_output(cfg.output, STAGE, cfg.force)
     t0 = time.time()
     record: dict[str, Any] = {"method": cfg.method}
@@ -217,8 +221,6 @@ def run_merge(cfg: MergeConfig, log=print) -> dict[str, Any]:
         interpolate_exports(cfg.a, cfg.b, cfg.t, cfg.method, cfg.output)
         record.update(a=os.path.abspath(cfg.a), b=os.path.abspath(cfg.b), t=cfg.t)
     record["seconds"] = round(time.time() - t0, 2)
-    # the export replaced the folder: mark it as ours again (it was checked above)
-    claim_output(cfg.output, STAGE, force=True)
     with open(os.path.join(cfg.output, "merge.json"), "w") as fh:
         json.dump(record, fh, indent=2)
     return record

@@ -26,7 +26,7 @@ from .. import io as eio
 from .. import tracking
 from ..cluster import connect
 from ..config import ConfigError
-from ..safety import check_no_overlap, claim_output
+from ..safety import check_paths, claim_output
 from ..schema import KINDS
 from .config import TrainConfig
 from .data import TrainData, materialize, sample_files
@@ -37,6 +37,9 @@ RUNTIME_FIELDS = frozenset({"output", "run", "force", "ray_address", "num_cpus",
                             "max_failures", "keep_checkpoints", "checkpoint_every",
                             "cpus_per_worker", "threads_per_worker"})
 RECORD = "config.json"
+#: everything a stage writes in OUTPUT/stageN: all that a re-run for another config clears
+#: (a folder taken over with --force keeps whatever else is there)
+STAGE_FILES = (RECORD, "data", "ray", "model", "metrics.jsonl", "loss.png", "summary.json")
 
 
 def _abs(path: str) -> str:
@@ -112,7 +115,8 @@ def changed_parts(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
 
 
 def _stage_is_current(stage_dir: str, record: dict[str, Any], n: int, log) -> None:
-    """Clear ``stage_dir`` when it was written for another config, model or inputs."""
+    """Clear what the stage wrote in ``stage_dir`` (:data:`STAGE_FILES`) when it was written
+    for another config, model or inputs."""
     path = os.path.join(stage_dir, RECORD)
     if not os.path.isdir(stage_dir) or not os.listdir(stage_dir):
         return
@@ -121,7 +125,8 @@ def _stage_is_current(stage_dir: str, record: dict[str, Any], n: int, log) -> No
         return
     log(f"[train] stage {n}: {stage_dir} was written for something else (changed: "
         f"{', '.join(changed_parts(old, record))}); starting the stage again")
-    eio.remove(stage_dir)
+    for name in STAGE_FILES:
+        eio.remove(os.path.join(stage_dir, name))
 
 
 def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
@@ -229,8 +234,7 @@ def run_train(cfg: TrainConfig, log=print, fault: dict[str, Any] | None = None) 
         for inp in (cfg.stage1 if n == 1 else cfg.stage2).inputs:
             sample_files(_abs(inp))
     check_matryoshka_fits(cfg)
-    check_no_overlap(cfg.output, [(f"--stage{n}.inputs", inp) for n in stages
-                                  for inp in (cfg.stage1 if n == 1 else cfg.stage2).inputs])
+    check_paths(cfg)
     claim_output(cfg.output, "train", cfg.force)
     with connect(cfg.ray_address, cfg.num_cpus):
         init = cfg.model.model
