@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from ..config import ConfigSection, JobConfig
 from ..model.encoder import EncoderSettings
+from ..safety import path_field
 
 
 class BatchSettings(ConfigSection):
@@ -49,8 +50,8 @@ class ServeConfig(JobConfig):
     folder) as an OpenAI- and TEI-compatible embedding API on Ray Serve."""
 
     encoder: EncoderSettings = Field(description="the model to serve")
-    model_name: str | None = Field(
-        None, description="name in /v1/models and responses (default: the folder's name)")
+    model_name: str | None = path_field(
+        "none", None, description="name in /v1/models and responses (default: the folder's name)")
     name: str = Field("embedforge", description="Serve application name")
     route_prefix: str = Field("/", description="HTTP route prefix of the application")
     host: str = Field("127.0.0.1", description="HTTP host of the Serve proxy (0.0.0.0 on clusters)")
@@ -73,8 +74,9 @@ class ServeConfig(JobConfig):
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     api_key_env: str = Field(
         "EMBEDFORGE_API_KEYS", description="env var with comma-separated API keys")
-    api_key_file: str | None = Field(
-        None, description="file with one API key per line (a mounted secret); adds to the env keys")
+    api_key_file: str | None = path_field(
+        "input", None,
+        description="file with one API key per line (a mounted secret); adds to the env keys")
     allow_unauthenticated: bool = Field(
         False, description="serve without API keys: anyone who reaches the port may use the "
                            "model (without keys and without this flag the endpoint refuses to start)")
