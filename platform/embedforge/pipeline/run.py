@@ -172,8 +172,9 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
 
 
 def stage_folders(f: st.Folders) -> list[str]:
-    """The folders the pipeline's stages write under the run folder."""
-    return [f.prepared, f.synth, f.mined, f.train, f.merge, f.eval]
+    """The folders the pipeline's stages write under the run folder (the base model's
+    evaluation too: evaluate reads it as its --baseline)."""
+    return [f.prepared, f.synth, f.mined, f.train, f.merge, f.eval, f.eval_base]
 
 
 def check_inputs_outside_root(built: Any, f: st.Folders) -> None:

@@ -14,6 +14,7 @@ resuming old-config checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -127,6 +128,8 @@ def _stage_is_current(stage_dir: str, record: dict[str, Any], n: int, log) -> No
         f"{', '.join(changed_parts(old, record))}); starting the stage again")
     for name in STAGE_FILES:
         eio.remove(os.path.join(stage_dir, name))
+    with contextlib.suppress(OSError):  # the folder too, only when nothing else is left in it
+        os.rmdir(stage_dir)
 
 
 def run_stage(cfg: TrainConfig, n: int, init_path: str, log=print,
