@@ -172,9 +172,9 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
 
 
 def stage_folders(f: st.Folders) -> list[str]:
-    """The folders the pipeline's stages write under the run folder (the base model's
-    evaluation too: evaluate reads it as its --baseline)."""
-    return [f.prepared, f.synth, f.mined, f.train, f.merge, f.eval, f.eval_base]
+    """The folders (and the key file) the pipeline writes under the run folder: the base
+    model's evaluation is evaluate's --baseline, the run's key file serve's --api-key-file."""
+    return [f.prepared, f.synth, f.mined, f.train, f.merge, f.eval, f.eval_base, f.api_key]
 
 
 def check_inputs_outside_root(built: Any, f: st.Folders) -> None:
