@@ -171,7 +171,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print,
     return manifest.data
 
 
-def stage_folders(f: st.Folders) -> list[str]:
+def own_paths(f: st.Folders) -> list[str]:
     """The folders (and the key file) the pipeline writes under the run folder: the base
     model's evaluation is evaluate's --baseline, the run's key file serve's --api-key-file."""
     return [f.prepared, f.synth, f.mined, f.train, f.merge, f.eval, f.eval_base, f.api_key]
@@ -179,10 +179,10 @@ def stage_folders(f: st.Folders) -> list[str]:
 
 def check_inputs_outside_root(built: Any, f: st.Folders) -> None:
     """The pipeline's own data-safety rule over a stage's resolved config(s): every input
-    lies outside the run folder, or inside a stage folder (the pipeline's wiring). A user's
-    input at the run folder, above it, or beside the stage folders in it (where a stage, a
+    lies outside the run folder, or inside one of :func:`own_paths` (the pipeline's wiring).
+    A user's input at the run folder, above it, or beside those paths in it (where a stage, a
     re-run or --force could clear it) is refused naming the stage flag."""
-    folders = stage_folders(f)
+    folders = own_paths(f)
     for part in built if isinstance(built, tuple) else (built,):
         if part is None:
             continue
